@@ -1,0 +1,114 @@
+"""Closed-loop load generator: `concurrency` workers share one ClientSession and a bounded request count."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+MODEL = "claude-sonnet-4-6"
+
+_CONVERSATION = {
+    "model": MODEL,
+    "max_tokens": 1024,
+    "system": "You are a concise assistant for a logistics company. Answer in at most three sentences.",
+    "messages": [
+        {"role": "user", "content": "Which is cheaper for 40 pallets from Rotterdam to Milan: rail or road?"},
+        {
+            "role": "assistant",
+            "content": "For 40 pallets, rail is usually cheaper per pallet but slower and less flexible.",
+        },
+        {"role": "user", "content": "And if it has to arrive within 48 hours?"},
+    ],
+}
+BODIES = {
+    "non-stream": orjson.dumps(_CONVERSATION),
+    "stream": orjson.dumps({**_CONVERSATION, "stream": True}),
+}
+MAX_ERROR_SAMPLES = 5
+
+
+def client_headers(api_key: str | None) -> dict[str, str]:
+    headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+    if api_key is not None:
+        headers["x-api-key"] = api_key
+    return headers
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    latencies_ns: list[int] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_ns:
+            return None
+        ordered = sorted(self.latencies_ns)
+        # Nearest rank: an observed latency, never an interpolation between two.
+        rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
+        return ordered[rank - 1] / 1e6
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+    def note_error(self, text: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(text)
+
+
+def new_session(max_connections: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0)
+    # Per-request cap: a hung server costs one timeout per worker, not the whole run.
+    timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+async def run_load(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    stream: bool,
+    concurrency: int,
+    total: int,
+    time_limit: float,
+) -> LoadResult:
+    """Issue at most `total` requests, none started after `time_limit` seconds."""
+    body = BODIES["stream" if stream else "non-stream"]
+    result = LoadResult()
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + time_limit
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < total and time.perf_counter() < deadline:
+            issued += 1
+            t0 = time.perf_counter_ns()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    # The whole body, as a real client would, so streams are timed to message_stop.
+                    data = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                result.note_error(f"{type(exc).__name__}: {exc}")
+                continue
+            if status != 200:
+                result.note_error(f"HTTP {status}: {data[:200]!r}")
+            elif stream and b"message_stop" not in data[-200:]:
+                result.note_error(f"stream without message_stop: {data[-200:]!r}")
+            else:
+                result.ok += 1
+                result.latencies_ns.append(time.perf_counter_ns() - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed = time.perf_counter() - started
+    return result

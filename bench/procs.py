@@ -1,0 +1,212 @@
+"""Server subprocesses for the bench: start, wait until ready, sample CPU time, always stop."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the harness is SIGKILLed, its finally never runs, and without
+    # this the servers would keep their ports and CPU forever.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            # Own session: a Ctrl-C in the terminal reaches only the harness, whose finally stops the
+            # servers in order instead of every process dying mid-write at once.
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} not started"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        # The group is the one start_new_session made for this child, so this reaches only its workers.
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def wait_tcp(server: Server, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited during startup:\n{log_tail(server.log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} not accepting on port {port} after {timeout:.0f}s:\n{log_tail(server.log)}")
+
+
+def wait_http_ok(server: Server, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited during startup:\n{log_tail(server.log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name}: {url} not 200 after {timeout:.0f}s ({last}):\n{log_tail(server.log)}")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses; everything after the last ')' is well formed.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def cpu_ticks(root: int) -> int:
+    """utime+stime in clock ticks of a process and its live descendants (a gateway may fork workers)."""
+    total = 0
+    for pid in _descendants(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            # After the comm split, utime and stime (stat fields 14 and 15) sit at indices 11 and 12.
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+@dataclass
+class TollwaySetup:
+    command: list[str]
+    env: dict[str, str]
+    api_key: str
+
+
+def write_tollway_config(path: Path, tmpdir: Path, port: int, upstream_port: int) -> None:
+    path.write_text(
+        f"""[server]
+host = "127.0.0.1"
+port = {port}
+
+[storage]
+url = "sqlite:///{tmpdir}/tollway.db"
+
+[[upstreams]]
+name = "fake"
+kind = "anthropic"
+base_url = "http://127.0.0.1:{upstream_port}"
+api_keys = ["upstream-secret"]
+
+[[models]]
+name = "claude-sonnet-4-6"
+targets = [{{ upstream = "fake" }}]
+"""
+    )
+
+
+def tollway_candidates(repo: Path, python: str) -> list[tuple[list[str], dict[str, str]]]:
+    script = repo / ".venv" / "bin" / "tollway"
+    env = dict(os.environ)
+    found: list[tuple[list[str], dict[str, str]]] = []
+    if script.exists() and os.access(script, os.X_OK):
+        found.append(([str(script)], env))
+    # The module fallback also works from an uninstalled checkout, hence src on the path.
+    src_env = dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(repo / "src"), env.get("PYTHONPATH")) if p))
+    found.append(([python, "-m", "tollway"], src_env))
+    return found
+
+
+def create_tollway_key(
+    candidates: Sequence[tuple[list[str], dict[str, str]]], config: Path
+) -> tuple[TollwaySetup | None, str]:
+    """The first command whose `keys create` works, with its key; else None and why each failed."""
+    failures: list[str] = []
+    for command, env in candidates:
+        argv = [*command, "keys", "create", "--config", str(config), "--name", "bench"]
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failures.append(f"$ {' '.join(argv)}\n  {exc}")
+            continue
+        lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+        if done.returncode == 0 and lines:
+            return TollwaySetup(command, env, lines[-1]), ""
+        tail = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+        failures.append(f"$ {' '.join(argv)}\n  exit {done.returncode}: {tail}")
+    return None, "\n".join(failures)

@@ -1,0 +1,3 @@
+"""Tollway: a fast, metered gateway for the Anthropic Messages API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""Usage rows leave the request path at once and reach the store in batches.
+
+`record` only appends to a list. A background task writes whatever has gathered every
+``flush_interval`` seconds in one transaction. A failed write keeps the rows for the next try, up to
+``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from tollway.store import SQLStore, UsageRecord
+
+log = logging.getLogger("tollway.ledger")
+
+
+class UsageLedger:
+    MAX_PENDING = 200_000
+
+    def __init__(self, store: SQLStore, flush_interval: float) -> None:
+        self._store = store
+        self._interval = flush_interval
+        self._pending: list[UsageRecord] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.dropped = 0
+
+    def record(self, row: UsageRecord) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("usage queue full (%d rows): %d rows dropped", self.MAX_PENDING, self.dropped)
+            return
+        self._pending.append(row)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="tollway-usage-flush")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await self._store.insert_usage(batch)
+            except Exception:
+                log.exception("writing %d usage rows failed; keeping them for the next flush", len(batch))
+                self._pending[:0] = batch
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

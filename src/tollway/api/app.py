@@ -1,0 +1,63 @@
+"""The aiohttp application: routes, middleware, and the life of the shared services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+from aiohttp import web
+
+from tollway.accounting.keys import KeyCache
+from tollway.accounting.ledger import UsageLedger
+from tollway.api.context import SERVICES, Services
+from tollway.api.errors import error_middleware
+from tollway.api.messages import handle_count_tokens, handle_messages
+from tollway.api.models import get_model, list_models
+from tollway.config import Config
+from tollway.routing.table import RoutingTable
+from tollway.store import open_store
+
+log = logging.getLogger("tollway")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def create_app(config: Config) -> web.Application:
+    # aiohttp enforces the body limit while reading, so an oversized body is refused without being held.
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    app.router.add_post("/v1/messages", handle_messages)
+    app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(_lifespan(config))
+    return app
+
+
+def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        store = open_store(config.storage.url)
+        await store.migrate()
+        keys = KeyCache(store, config.storage.key_refresh_interval)
+        ledger = UsageLedger(store, config.storage.flush_interval)
+        table = RoutingTable(config)
+        await keys.start()
+        await ledger.start()
+        await table.start()
+        app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table)
+        try:
+            yield
+        finally:
+            # Handlers have finished (or been cut) by now: every usage row is queued, so flush last.
+            await table.close()
+            await keys.close()
+            await ledger.close()
+            await store.close()
+            log.info("usage flushed; %d rows dropped in this run", ledger.dropped)
+
+    return lifespan

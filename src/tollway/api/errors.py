@@ -1,0 +1,76 @@
+"""The one place errors become HTTP responses, and where each response gets its ``request-id``.
+
+A `TollwayError` is rendered as Anthropic renders errors. aiohttp's own HTTP exceptions (unknown
+path, wrong method, body too large) are mapped onto the tree first. Anything else is a bug: it is
+logged with its traceback and the client gets a plain ``api_error`` that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from tollway.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    TollwayError,
+)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+log = logging.getLogger("tollway.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def error_payload(error_type: str, message: str, request_id: str) -> dict[str, object]:
+    return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
+
+
+def error_response(exc: TollwayError, request_id: str) -> web.Response:
+    headers = {"request-id": request_id, "content-type": "application/json"}
+    # Errors the client caused will fail the same way again; saying so stops SDK retries.
+    if exc.status < 500 and exc.status not in (408, 409, 429):
+        headers["x-should-retry"] = "false"
+    headers.update(exc.headers)
+    body = orjson.dumps(error_payload(exc.error_type, exc.message, request_id))
+    return web.Response(status=exc.status, body=body, headers=headers)
+
+
+def from_http_exception(exc: web.HTTPException) -> TollwayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge("Request exceeds the maximum allowed number of bytes.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Not found")
+    if exc.status < 500:
+        return InvalidRequest(exc.reason)
+    return InternalError("Internal server error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except TollwayError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        return error_response(from_http_exception(exc), request_id)
+    except Exception:
+        log.exception("unhandled error in %s %s (request-id %s)", request.method, request.path, request_id)
+        return error_response(InternalError("Internal server error"), request_id)
+    if not response.prepared:
+        response.headers["request-id"] = request_id
+    return response

@@ -1,0 +1,232 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: admit, relay, meter.
+
+Each request is checked in the order the real API checks it (size, key, body, model, permission),
+relayed to its upstream, and leaves exactly one usage row, whether it succeeded, failed or was cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tollway.accounting.keys import may_use
+from tollway.api.auth import authenticate
+from tollway.api.context import SERVICES, Services
+from tollway.api.errors import REQUEST_ID, error_payload
+from tollway.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    RequestTooLarge,
+    TollwayError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from tollway.protocol.sse import encode_event
+from tollway.protocol.usage import Usage
+from tollway.protocol.validate import validate_request
+from tollway.providers import UpstreamCall, UpstreamReply
+from tollway.routing.table import Route, Target
+from tollway.store import KeyRecord, UsageRecord
+
+log = logging.getLogger("tollway.messages")
+
+DEFAULT_VERSION = "2023-06-01"
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Never forwarded: the hop's own framing, the client's credentials (the upstream gets its own key),
+# and accept-encoding, since Tollway must read the bytes it relays.
+DROPPED_HEADERS = frozenset({
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive",
+    "proxy-connection", "proxy-authorization", "te", "trailer", "upgrade", "authorization", "x-api-key",
+    "accept-encoding", "cookie",
+})
+CLIENT_CLOSED = 499
+STATUS_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                      504: "timeout_error", 529: "overloaded_error"}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the usage row will say; filled in as the request goes."""
+
+    endpoint: str
+    started: float
+    status: int = 500
+    error_type: str | None = "api_error"
+    key: KeyRecord | None = None
+    model: str | None = None
+    upstream: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    usage: Usage | None = None
+    first_byte_at: float | None = None
+
+    def fail(self, status: int, error_type: str | None) -> None:
+        self.status, self.error_type = status, error_type
+
+    def row(self, request_id: str) -> UsageRecord:
+        u = self.usage or Usage()
+        now = time.monotonic()
+        return UsageRecord(
+            request_id=request_id, created_at=datetime.now(UTC), key_id=self.key.id if self.key else None,
+            endpoint=self.endpoint, model=self.model, upstream=self.upstream, upstream_model=self.upstream_model,
+            stream=self.stream, status=self.status, error_type=self.error_type,
+            input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+            cache_creation_input_tokens=u.cache_creation_input_tokens,
+            cache_read_input_tokens=u.cache_read_input_tokens,
+            cache_creation_5m=u.cache_creation_5m, cache_creation_1h=u.cache_creation_1h,
+            latency_ms=(now - self.started) * 1000,
+            ttfb_ms=None if self.first_byte_at is None else (self.first_byte_at - self.started) * 1000,
+        )
+
+
+def forwarded_headers(request: web.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in DROPPED_HEADERS:
+            continue
+        # A repeated header (anthropic-beta may be) travels as one comma-joined value.
+        out[lower] = f"{out[lower]},{value}" if lower in out else value
+    version = out.get("anthropic-version")
+    if version is None:
+        out["anthropic-version"] = DEFAULT_VERSION
+    elif not _VERSION.fullmatch(version):
+        raise InvalidRequest(f'anthropic-version: "{version}" is not a valid version')
+    return out
+
+
+async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge("Request exceeds the maximum allowed number of bytes.")
+    body = await request.read()
+    try:
+        return body, orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+class Admitted:
+    """A request that passed every check, ready to go to its upstream."""
+
+    __slots__ = ("call", "route", "target")
+
+    def __init__(self, call: UpstreamCall, route: Route, target: Target) -> None:
+        self.call, self.route, self.target = call, route, target
+
+
+async def admit(request: web.Request, services: Services, outcome: Outcome) -> Admitted:
+    outcome.key = key = await authenticate(request, services.keys)
+    body, payload = await read_json(request, services.config.server.max_body_bytes)
+    headers = forwarded_headers(request)
+    counting = outcome.endpoint == "count_tokens"
+    model = payload.get("model") if isinstance(payload, dict) else None
+    route = services.table.routes.get(model) if isinstance(model, str) else None
+    info = validate_request(payload, count_tokens=counting, betas=headers.get("anthropic-beta", ""),
+                            max_tokens_cap=route.max_tokens if route else None)
+    outcome.model, outcome.stream = info.model, info.stream and not counting
+    route = services.table.resolve(info.model)
+    if not may_use(key, info.model):
+        raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
+    target = services.table.pick(route)
+    if target.rewrite:
+        payload["model"] = target.model
+        body = orjson.dumps(payload)
+    outcome.upstream, outcome.upstream_model = target.provider.name, target.model
+    call = UpstreamCall(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
+                        query=request.query_string, model=target.model, stream=outcome.stream,
+                        api_key=services.table.api_key(target.provider))
+    return Admitted(call, route, target)
+
+
+def reply_error(reply: UpstreamReply, upstream: str) -> TollwayError | None:
+    """How an upstream's error answer reaches the client; None means forward it as it is.
+
+    Anthropic-shaped errors pass unchanged, since Claude Code recovers by their wording. A 401 or 403
+    is about Tollway's upstream key, not the client's: it becomes a 502 so no client is told its own
+    key is wrong. Bodies in no Anthropic shape (an HTML page from a proxy) get one.
+    """
+    if reply.status in (401, 403):
+        log.error("upstream %r refused Tollway's credentials (HTTP %d)", upstream, reply.status)
+        return UpstreamUnavailable(f"upstream {upstream!r} refused the gateway's credentials")
+    if reply.upstream_error is None:
+        error = UpstreamUnavailable(f"upstream {upstream!r} answered HTTP {reply.status}")
+        error.headers.update({k: v for k, v in reply.headers.items() if k != "content-type"})
+        return error
+    return None
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "messages")
+
+
+async def handle_count_tokens(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "count_tokens")
+
+
+async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    request_id = request[REQUEST_ID]
+    outcome = Outcome(endpoint=endpoint, started=time.monotonic())
+    reply: UpstreamReply | None = None
+    try:
+        admitted = await admit(request, services, outcome)
+        reply = await admitted.target.provider.send(admitted.call)
+        outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
+        if reply.chunks is not None:
+            return await _stream(request, services, reply, outcome, request_id)
+        error = reply_error(reply, admitted.target.provider.name) if reply.status >= 400 else None
+        if error is not None:
+            raise error
+        outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)
+        headers = dict(reply.headers)
+        headers["request-id"] = request_id
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+    except TollwayError as exc:
+        outcome.fail(exc.status, exc.error_type)
+        raise
+    except asyncio.CancelledError:
+        outcome.fail(CLIENT_CLOSED, "client_closed")
+        raise
+    finally:
+        if reply is not None:
+            await reply.aclose()
+            outcome.usage = reply.usage
+        services.ledger.record(outcome.row(request_id))
+
+
+async def _stream(request: web.Request, services: Services, reply: UpstreamReply, outcome: Outcome,
+                  request_id: str) -> web.StreamResponse:
+    assert reply.chunks is not None
+    response = web.StreamResponse(status=200, headers={
+        "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
+        "request-id": request_id, **{k: v for k, v in reply.headers.items() if k != "content-type"},
+    })
+    # From here on the status line is sent: failures can only be told in the stream itself.
+    await response.prepare(request)
+    outcome.fail(200, None)
+    services.open_streams += 1
+    try:
+        async for chunk in reply.chunks:
+            await response.write(chunk)
+        if reply.upstream_error is not None:
+            outcome.fail(200, reply.upstream_error)
+    except UpstreamError as exc:
+        log.warning("stream %s cut: %s", request_id, exc.message)
+        outcome.fail(200, exc.error_type)
+        await response.write(encode_event("error", error_payload(exc.error_type, exc.message, request_id)))
+    except ConnectionResetError:
+        outcome.fail(CLIENT_CLOSED, "client_closed")
+        return response
+    finally:
+        services.open_streams -= 1
+    await response.write_eof()
+    return response

@@ -1,0 +1,131 @@
+"""The ``tollway`` command: a thin dispatcher over the config, the store and the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from tollway import __version__
+from tollway.accounting.keys import new_key
+from tollway.accounting.pricing import cost_usd
+from tollway.config import Config, load_config
+from tollway.errors import ConfigError
+from tollway.store import SQLStore, open_store
+
+
+def _parse_since(raw: str) -> datetime:
+    """``24h``, ``7d``, ``30m`` back from now, or an ISO date or datetime (UTC unless it says)."""
+    match = re.fullmatch(r"(\d+)([mhd])", raw)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[unit]
+        return datetime.now(UTC) - delta
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (24h, 7d) or ISO date: {raw!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (default: $TOLLWAY_CONFIG, then ./tollway.toml)")
+    parser = argparse.ArgumentParser(prog="tollway", description="A fast, metered Anthropic Messages API gateway.")
+    parser.add_argument("--version", action="version", version=f"tollway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+
+    keys = sub.add_parser("keys", help="manage client keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", parents=[common], help="create a key; its secret is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", nargs="+", metavar="PATTERN",
+                        help="glob patterns of allowed models, e.g. 'claude-sonnet-*' (default: all)")
+    keys.add_parser("list", parents=[common], help="one key a line: id, name, hint, state")
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key (takes effect within seconds)")
+    revoke.add_argument("id")
+
+    usage = sub.add_parser("usage", parents=[common], help="requests, tokens and cost per key and model")
+    usage.add_argument("--key", help="a key id or name")
+    usage.add_argument("--since", type=_parse_since, help="24h, 7d, or an ISO date")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "serve":
+            from tollway.server import serve
+
+            return serve(config, host=args.host, port=args.port)
+        return asyncio.run(_run_store_command(args, config))
+    except ConfigError as exc:
+        print(f"tollway: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    store = open_store(config.storage.url)
+    try:
+        await store.migrate()
+        if args.command == "migrate":
+            print(f"schema is up to date ({config.storage.url})")
+            return 0
+        if args.command == "keys":
+            return await _keys(args, store)
+        return await _usage(args, store)
+    finally:
+        await store.close()
+
+
+async def _keys(args: argparse.Namespace, store: SQLStore) -> int:
+    if args.keys_command == "create":
+        record, secret = new_key(args.name, tuple(args.models) if args.models else None)
+        await store.insert_key(record)
+        models = ", ".join(record.models) if record.models else "all models"
+        print(f"created key {record.id} ({record.name}) for {models}")
+        print("the secret below is shown once; store it now:")
+        print(secret)
+        return 0
+    if args.keys_command == "list":
+        for key in await store.list_keys():
+            state = "active" if key.active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
+            models = ",".join(key.models) if key.models else "*"
+            print(f"{key.id}\t{key.name}\t{key.hint}\t{models}\t{state}\tcreated {key.created_at:%Y-%m-%d %H:%M}")
+        return 0
+    if await store.revoke_key(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"tollway: no active key with id {args.id}", file=sys.stderr)
+    return 1
+
+
+async def _usage(args: argparse.Namespace, store: SQLStore) -> int:
+    rows = await store.usage_summary(key=args.key, since=args.since)
+    header = ("key", "model", "requests", "errors", "input", "output", "cache write", "cache read", "cost USD")
+    table = [header]
+    total = Decimal(0)
+    for r in rows:
+        cost = cost_usd(r.model, r)
+        total += cost or 0
+        table.append((r.key_name or r.key_id or "(no key)", r.model or "-", str(r.requests), str(r.errors),
+                      str(r.input_tokens), str(r.output_tokens), str(r.cache_creation_5m + r.cache_creation_1h),
+                      str(r.cache_read_input_tokens), "-" if cost is None else f"{cost:.6f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
+                                                                                                   strict=True))))
+    print(f"total cost USD: {total:.6f} (list prices)")
+    return 0

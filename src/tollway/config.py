@@ -1,0 +1,280 @@
+"""Configuration: read once from TOML (or built-in defaults) into frozen objects that are passed down.
+
+Lookup order: ``--config PATH``, then ``$TOLLWAY_CONFIG``, then ``./tollway.toml``, then the embedded
+defaults. ``${VAR}`` inside any string value is replaced from the environment; a missing variable is an
+error that names the file and the key, so a typo never turns into an empty upstream key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tollway.errors import ConfigError
+from tollway.protocol.catalog import SEED_MODELS
+
+UPSTREAM_KINDS = ("anthropic", "mock")
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout: float = 60.0
+    """Seconds a SIGTERM waits for open streams to finish before closing them."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Anthropic's own limit for /v1/messages; larger bodies get 413 request_too_large."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = "sqlite:///./tollway.db"
+    flush_interval: float = 0.5
+    """Seconds between usage-row batch writes."""
+    key_refresh_interval: float = 2.0
+    """Seconds between reloads of changed keys; bounds how long a revoked key keeps working."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    kind: str
+    base_url: str = ""
+    api_keys: tuple[str, ...] = ()
+    timeout_connect: float = 10.0
+    timeout_first_byte: float = 600.0
+    timeout_idle: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    upstream: str
+    model: str | None = None
+    """The name the upstream knows the model by; None keeps the client's name."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    targets: tuple[TargetConfig, ...]
+    display_name: str | None = None
+    created_at: str | None = None
+    max_tokens: int | None = None
+    """Largest max_tokens accepted; defaults to the catalog's cap for known models."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    source: str = "<built-in defaults>"
+    """Where this config came from, for messages and the startup banner."""
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        for u in self.upstreams:
+            if u.name == name:
+                return u
+        raise KeyError(name)
+
+    @property
+    def uses_mock(self) -> bool:
+        return any(u.kind == "mock" for u in self.upstreams)
+
+
+def default_config(environ: Mapping[str, str]) -> Config:
+    """The embedded defaults: every seed model to Anthropic when a key is set, else to the mock."""
+    key = environ.get("ANTHROPIC_API_KEY", "")
+    if key:
+        upstream = UpstreamConfig(name="anthropic", kind="anthropic", base_url=DEFAULT_ANTHROPIC_URL,
+                                  api_keys=(key,))
+    else:
+        upstream = UpstreamConfig(name="mock", kind="mock")
+    models = tuple(ModelConfig(name=m.id, targets=(TargetConfig(upstream=upstream.name),)) for m in SEED_MODELS)
+    return Config(upstreams=(upstream,), models=models)
+
+
+def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get("TOLLWAY_CONFIG"):
+        return Path(environ["TOLLWAY_CONFIG"])
+    local = Path("tollway.toml")
+    return local if local.exists() else None
+
+
+def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    path = find_config_path(explicit, env)
+    if path is None:
+        return default_config(env)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, str(path), env)
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the file and the dotted key."""
+
+    def __init__(self, source: str, env: Mapping[str, str], data: Mapping[str, Any], where: str) -> None:
+        self.source, self.env, self.data, self.where = source, env, data, where
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._path(key)}: {problem}")
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.fail(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, not {type(value).__name__}")
+        return self.expand(value, key)
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) if key in self.data else None
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, not {type(value).__name__}")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}")
+        return float(value)
+
+    def integer(self, key: str, default: int | None, *, minimum: int, maximum: int | None = None) -> int:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, not {type(value).__name__}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise self.fail(key, f"must be {bound} (got {value})")
+        return value
+
+    def table(self, key: str) -> _Reader:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return _Reader(self.source, self.env, value, self._path(key))
+
+    def tables(self, key: str) -> list[_Reader]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(key, "must be an array of tables")
+        return [_Reader(self.source, self.env, v, f"{self._path(key)}[{i}]") for i, v in enumerate(value)]
+
+    def expand(self, value: str, key: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in self.env:
+                raise self.fail(key, f"environment variable {name} is not set")
+            return self.env[name]
+
+        return _ENV_REF.sub(sub, value)
+
+
+def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
+    root = _Reader(source, environ, raw, "")
+    root.check_keys({"server", "storage", "upstreams", "models"})
+
+    s = root.table("server")
+    s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes"})
+    server = ServerConfig(
+        host=s.string("host", "127.0.0.1"),
+        port=s.integer("port", 8080, minimum=0, maximum=65535),
+        shutdown_timeout=s.number("shutdown_timeout", 60.0),
+        max_body_bytes=s.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
+    )
+
+    st = root.table("storage")
+    st.check_keys({"url", "flush_interval", "key_refresh_interval"})
+    url = st.string("url", "sqlite:///./tollway.db")
+    if not url.startswith("sqlite:///"):
+        raise st.fail("url", "only sqlite:///PATH is supported in this version")
+    storage = StorageConfig(
+        url=url,
+        flush_interval=st.number("flush_interval", 0.5, minimum=0.01),
+        key_refresh_interval=st.number("key_refresh_interval", 2.0, minimum=0.05),
+    )
+
+    upstreams = tuple(_parse_upstream(u) for u in root.tables("upstreams"))
+    names = [u.name for u in upstreams]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{source}: upstreams[{i}].name: duplicate upstream name {name!r}")
+
+    models = tuple(_parse_model(m, set(names)) for m in root.tables("models"))
+    seen: set[str] = set()
+    for i, m in enumerate(models):
+        if m.name in seen:
+            raise ConfigError(f"{source}: models[{i}].name: duplicate model name {m.name!r}")
+        seen.add(m.name)
+    if not models:
+        raise ConfigError(f"{source}: models: at least one [[models]] entry is required")
+    return Config(server=server, storage=storage, upstreams=upstreams, models=models, source=source)
+
+
+def _parse_upstream(u: _Reader) -> UpstreamConfig:
+    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout"})
+    kind = u.string("kind")
+    if kind not in UPSTREAM_KINDS:
+        raise u.fail("kind", f"must be one of {', '.join(UPSTREAM_KINDS)} (got {kind!r})")
+    keys_raw = u.data.get("api_keys", [])
+    if not isinstance(keys_raw, list) or not all(isinstance(k, str) for k in keys_raw):
+        raise u.fail("api_keys", "must be an array of strings")
+    keys = tuple(u.expand(k, f"api_keys[{i}]") for i, k in enumerate(keys_raw))
+    base_url = u.string("base_url", DEFAULT_ANTHROPIC_URL if kind == "anthropic" else "")
+    if kind == "anthropic":
+        if not base_url.startswith(("http://", "https://")):
+            raise u.fail("base_url", f"must start with http:// or https:// (got {base_url!r})")
+        if not keys or not all(keys):
+            raise u.fail("api_keys", "an anthropic upstream needs at least one non-empty key")
+    t = u.table("timeout")
+    t.check_keys({"connect", "first_byte", "idle"})
+    return UpstreamConfig(
+        name=u.string("name"),
+        kind=kind,
+        base_url=base_url.rstrip("/"),
+        api_keys=keys,
+        timeout_connect=t.number("connect", 10.0, minimum=0.001),
+        timeout_first_byte=t.number("first_byte", 600.0, minimum=0.001),
+        timeout_idle=t.number("idle", 300.0, minimum=0.001),
+    )
+
+
+def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
+    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens"})
+    name = m.string("name")
+    targets = []
+    for t in m.tables("targets"):
+        t.check_keys({"upstream", "model"})
+        upstream = t.string("upstream")
+        if upstream not in upstream_names:
+            raise t.fail("upstream", f"no upstream named {upstream!r} (known: {', '.join(sorted(upstream_names))})")
+        targets.append(TargetConfig(upstream=upstream, model=t.optional_string("model")))
+    if not targets:
+        raise m.fail("targets", "at least one target is required")
+    max_tokens = m.integer("max_tokens", None, minimum=1) if "max_tokens" in m.data else None
+    return ModelConfig(name=name, targets=tuple(targets), display_name=m.optional_string("display_name"),
+                       created_at=m.optional_string("created_at"), max_tokens=max_tokens)

@@ -1,0 +1,92 @@
+"""Token usage as the upstream reports it, from a whole message or from a stream's events.
+
+Streams carry usage twice: ``message_start`` has the input and cache counts, and each ``message_delta``
+carries cumulative counts that replace (never add to) what came before, as the SDKs treat them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tollway.protocol.sse import SSEDecoder
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_5m: int = 0
+    cache_creation_1h: int = 0
+
+    def update(self, raw: object) -> None:
+        """Overwrite each count the upstream sent; leave the others as they were."""
+        if not isinstance(raw, dict):
+            return
+        for field in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            value = raw.get(field)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, field, value)
+        split = raw.get("cache_creation")
+        if isinstance(split, dict):
+            five, hour = split.get("ephemeral_5m_input_tokens"), split.get("ephemeral_1h_input_tokens")
+            if isinstance(five, int):
+                self.cache_creation_5m = five
+            if isinstance(hour, int):
+                self.cache_creation_1h = hour
+        elif isinstance(raw.get("cache_creation_input_tokens"), int):
+            # Without the split, Anthropic's default cache lifetime is 5 minutes.
+            self.cache_creation_5m = self.cache_creation_input_tokens - self.cache_creation_1h
+
+
+def usage_from_message(body: bytes) -> Usage:
+    usage = Usage()
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return usage
+    if isinstance(message, dict):
+        usage.update(message.get("usage"))
+    return usage
+
+
+class StreamTap:
+    """Watches an Anthropic SSE stream go by, keeping its usage and how it ended.
+
+    Only ``message_start``, ``message_delta``, ``message_stop`` and ``error`` are looked at; the text
+    and tool deltas that make up most of a stream are split into events but never JSON-decoded.
+    """
+
+    __slots__ = ("_decoder", "completed", "error", "usage")
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self.usage = Usage()
+        self.completed = False
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        for event in self._decoder.feed(chunk):
+            name = event.event
+            if name == "message_stop":
+                self.completed = True
+            elif name in ("message_start", "message_delta", "error"):
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                if name == "message_start":
+                    message = data.get("message")
+                    if isinstance(message, dict):
+                        self.usage.update(message.get("usage"))
+                elif name == "message_delta":
+                    self.usage.update(data.get("usage"))
+                else:
+                    error = data.get("error")
+                    self.error = error if isinstance(error, dict) else {"type": "api_error"}

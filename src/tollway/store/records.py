@@ -1,0 +1,62 @@
+"""The rows Tollway keeps: keys and usage. Plain values, shared by every storage backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    secret_hash: str
+    """SHA-256 of the secret, hex. The secret itself is never stored."""
+    hint: str
+    """The secret's prefix and last four characters, to recognise it in listings."""
+    models: tuple[str, ...] | None
+    """Glob patterns of the models the key may use; None means every configured model."""
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    created_at: datetime
+    key_id: str | None
+    endpoint: str
+    """``messages`` or ``count_tokens``."""
+    model: str | None
+    """The model the client asked for."""
+    upstream: str | None
+    upstream_model: str | None
+    stream: bool
+    status: int
+    error_type: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_5m: int = 0
+    cache_creation_1h: int = 0
+    latency_ms: float = 0.0
+    ttfb_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    key_id: str | None
+    key_name: str | None
+    model: str | None
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_5m: int
+    cache_creation_1h: int
+    cache_read_input_tokens: int

@@ -1,0 +1,58 @@
+"""Table definitions, one for every backend; migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+keys = Table(
+    "keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("hint", String(40), nullable=False),
+    Column("models", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_keys_updated_at", "updated_at"),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("key_id", String(40), nullable=True),
+    Column("endpoint", String(20), nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("upstream", String(200), nullable=True),
+    Column("upstream_model", String(200), nullable=True),
+    Column("stream", Boolean, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(60), nullable=True),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("cache_creation_input_tokens", Integer, nullable=False),
+    Column("cache_read_input_tokens", Integer, nullable=False),
+    Column("cache_creation_5m", Integer, nullable=False),
+    Column("cache_creation_1h", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttfb_ms", Float, nullable=True),
+    Index("ix_usage_key_created", "key_id", "created_at"),
+    Index("ix_usage_created", "created_at"),
+)

@@ -1,0 +1,163 @@
+"""The durable store on SQLAlchemy Core: keys and the usage ledger.
+
+Nothing here runs on a request's path: keys are read into memory in bulk, usage is written in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Integer, func, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tollway.errors import ConfigError
+from tollway.store import schema
+from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0001"
+
+
+def async_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    raise ConfigError(f"storage.url: unsupported database URL {url!r}")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything Tollway stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _key(row: Any) -> KeyRecord:
+    created = _aware(row.created_at)
+    assert created is not None
+    return KeyRecord(id=row.id, name=row.name, secret_hash=row.secret_hash, hint=row.hint,
+                     models=tuple(row.models) if row.models is not None else None,
+                     created_at=created, revoked_at=_aware(row.revoked_at))
+
+
+class SQLStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> SQLStore:
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(async_url(url))
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (alembic, imported only here: it is slow to load)."""
+
+        def upgrade(conn: Connection) -> None:
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                # WAL lets the CLI read usage while the server writes it.
+                await conn.execute(text("PRAGMA journal_mode=WAL"))
+            await conn.run_sync(upgrade)
+
+    async def revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            try:
+                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+            except Exception:  # no table yet: a fresh database
+                return None
+        return None if row is None else str(row[0])
+
+    # -- keys ---------------------------------------------------------------------------------------
+
+    async def insert_key(self, key: KeyRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(schema.keys).values(
+                id=key.id, name=key.name, secret_hash=key.secret_hash, hint=key.hint,
+                models=list(key.models) if key.models is not None else None,
+                created_at=key.created_at, revoked_at=key.revoked_at, updated_at=key.created_at))
+
+    async def list_keys(self) -> list[KeyRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(schema.keys).order_by(schema.keys.c.created_at))
+            return [_key(r) for r in rows]
+
+    async def keys_changed_since(self, since: datetime | None) -> list[KeyRecord]:
+        query = select(schema.keys)
+        if since is not None:
+            query = query.where(schema.keys.c.updated_at >= since)
+        async with self.engine.connect() as conn:
+            return [_key(r) for r in await conn.execute(query)]
+
+    async def key_by_hash(self, secret_hash: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(schema.keys).where(schema.keys.c.secret_hash == secret_hash))).first()
+        return None if row is None else _key(row)
+
+    async def revoke_key(self, key_id: str) -> bool:
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(schema.keys).where(schema.keys.c.id == key_id, schema.keys.c.revoked_at.is_(None))
+                .values(revoked_at=now, updated_at=now))
+        return result.rowcount > 0
+
+    # -- usage --------------------------------------------------------------------------------------
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        rows = [{f: getattr(r, f) for f in UsageRecord.__slots__} for r in records]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(schema.usage), rows)
+
+    async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
+        u = schema.usage
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(u).order_by(u.c.id.desc()).limit(limit))
+            out = []
+            for r in rows:
+                values = {f: getattr(r, f) for f in UsageRecord.__slots__}
+                values["created_at"] = _aware(values["created_at"])
+                out.append(UsageRecord(**values))
+            return out
+
+    async def usage_summary(self, key: str | None = None, since: datetime | None = None) -> list[UsageSummary]:
+        """Requests, errors and tokens per key and model; ``key`` matches a key's id or name."""
+        u, k = schema.usage, schema.keys
+        query = (
+            select(u.c.key_id, k.c.name, u.c.model, func.count().label("requests"),
+                   func.sum((u.c.status >= 400).cast(Integer)).label("errors"),
+                   func.sum(u.c.input_tokens), func.sum(u.c.output_tokens),
+                   func.sum(u.c.cache_creation_5m), func.sum(u.c.cache_creation_1h),
+                   func.sum(u.c.cache_read_input_tokens))
+            .select_from(u.outerjoin(k, u.c.key_id == k.c.id))
+            .group_by(u.c.key_id, k.c.name, u.c.model)
+            .order_by(k.c.name, u.c.model)
+        )
+        if key is not None:
+            query = query.where(or_(u.c.key_id == key, k.c.name == key))
+        if since is not None:
+            query = query.where(u.c.created_at >= since)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [UsageSummary(r[0], r[1], r[2], int(r[3]), int(r[4] or 0), int(r[5] or 0), int(r[6] or 0),
+                                 int(r[7] or 0), int(r[8] or 0), int(r[9] or 0)) for r in rows]
