@@ -74,8 +74,7 @@ def find_claude() -> Path:
     candidate = Path(override) if override else INSTALL_DIR / "node_modules" / ".bin" / "claude"
     if not candidate.exists():
         raise ClaudeUnavailable(
-            f"Claude Code CLI not found at {candidate}; run scripts/install-claude-code.sh "
-            f"(or set {BIN_ENV_VAR})"
+            f"Claude Code CLI not found at {candidate}; run scripts/install-claude-code.sh (or set {BIN_ENV_VAR})"
         )
     if not os.access(candidate, os.X_OK):
         raise ClaudeUnavailable(f"{candidate} is not executable")

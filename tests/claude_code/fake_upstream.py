@@ -75,6 +75,7 @@ class _Script:
     tool_use_sent: bool = False
     # Text of the tool_result Claude Code sent back; proof that the command really ran.
     tool_result_text: str | None = None
+    tool_result_is_error: bool | None = None
     final_text: str | None = None
 
 
@@ -107,11 +108,7 @@ def _find_tool_result(body: dict[str, Any], tool_use_id: str) -> dict[str, Any] 
     if not isinstance(content, list):
         return None
     for block in content:
-        if (
-            isinstance(block, dict)
-            and block.get("type") == "tool_result"
-            and block.get("tool_use_id") == tool_use_id
-        ):
+        if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("tool_use_id") == tool_use_id:
             return block
     return None
 
@@ -136,15 +133,16 @@ class FakeUpstream:
         expected_api_key: str | None = None,
         chunk_delay: float = 0.0,
     ) -> None:
-        self.marker = marker or f"tollway-marker-{secrets.token_hex(6)}"
-        self.command = f"echo {self.marker}"
+        self.marker: str
+        self.command: str
+        self._script: _Script
+        self.rearm(marker)
         # When set, requests whose x-api-key differs get a 401, so a gateway test can prove
         # the gateway swapped the client key for the upstream key.
         self.expected_api_key = expected_api_key
         # A small delay between SSE events makes the stream arrive in several TCP reads,
         # which exercises a proxy's incremental forwarding instead of one big write.
         self.chunk_delay = chunk_delay
-        self._script = _Script(marker=self.marker, tool_use_id=f"toolu_{secrets.token_hex(12)}")
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +177,7 @@ class FakeUpstream:
                 self._loop.run_until_complete(self._astart())
             except BaseException as exc:
                 failure.append(exc)
+                self._loop.close()
                 ready.set()
                 return
             ready.set()
@@ -217,19 +216,28 @@ class FakeUpstream:
         app.router.add_route("POST", "/v1/messages", self._messages)
         app.router.add_route("POST", "/v1/messages/count_tokens", self._count_tokens)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.on_response_prepare.append(_add_request_id)
         # access_log off: the recording is the log, and aiohttp's would only add noise to pytest output.
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self._port = server.sockets[0].getsockname()[1]
+        self._port = int(self._runner.addresses[0][1])
 
     async def _astop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def rearm(self, marker: str | None = None) -> None:
+        """Start the tool script over with a fresh marker, for several CLI runs on one server."""
+        self.marker = marker or f"tollway-marker-{secrets.token_hex(6)}"
+        self.command = f"echo {self.marker}"
+        self._script = _Script(marker=self.marker, tool_use_id=f"toolu_{secrets.token_hex(12)}")
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
 
     # ----------------------------------------------------------------- inspection
 
@@ -252,6 +260,10 @@ class FakeUpstream:
     @property
     def tool_result_text(self) -> str | None:
         return self._script.tool_result_text
+
+    @property
+    def tool_result_is_error(self) -> bool | None:
+        return self._script.tool_result_is_error
 
     @property
     def final_text(self) -> str | None:
@@ -329,6 +341,7 @@ class FakeUpstream:
         if result_block is not None:
             output = _tool_result_text(result_block).strip()
             script.tool_result_text = output
+            script.tool_result_is_error = bool(result_block.get("is_error", False))
             text = f"The command printed: {output}"
             script.final_text = text
             blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
@@ -358,9 +371,7 @@ class FakeUpstream:
         self._msg_counter += 1
         return f"msg_fake{self._msg_counter:04d}{secrets.token_hex(8)}"
 
-    def _message(
-        self, model: str, blocks: list[dict[str, Any]], stop_reason: str, input_tokens: int
-    ) -> dict[str, Any]:
+    def _message(self, model: str, blocks: list[dict[str, Any]], stop_reason: str, input_tokens: int) -> dict[str, Any]:
         return {
             "id": self._next_message_id(),
             "type": "message",
@@ -411,6 +422,11 @@ class FakeUpstream:
             },
         )
         yield sse_event("message_stop", {"type": "message_stop"})
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # The real API tags every response with request-id; gateways commonly log or forward it.
+    response.headers.setdefault("request-id", f"req_fake{secrets.token_hex(12)}")
 
 
 def _output_tokens(blocks: list[dict[str, Any]]) -> int:

@@ -199,7 +199,7 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     finally:
         if reply is not None:
             await reply.aclose()
-            outcome.usage = reply.usage
+            outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         services.ledger.record(outcome.row(request_id))
 
 

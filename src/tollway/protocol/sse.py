@@ -48,6 +48,22 @@ class SSEDecoder:
         self._buffer = buffer[start:]
         return events
 
+    def close(self) -> list[ServerSentEvent]:
+        """End of stream: an event whose last line lacks its terminator still counts.
+
+        The spec would drop it, but the SDKs dispatch it, and recorded Anthropic streams end that way.
+        """
+        events = []
+        if self._buffer:
+            event = self._line(self._buffer)
+            self._buffer = b""
+            if event is not None:
+                events.append(event)
+        event = self._line(b"")
+        if event is not None:
+            events.append(event)
+        return events
+
     def _line(self, raw: bytes) -> ServerSentEvent | None:
         if not raw:
             if not self._data and not self._event:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tollway.protocol.sse import SSEDecoder
+from tollway.protocol.sse import ServerSentEvent, SSEDecoder
 
 
 @dataclass(slots=True)
@@ -70,7 +70,13 @@ class StreamTap:
         self.error: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> None:
-        for event in self._decoder.feed(chunk):
+        self._see(self._decoder.feed(chunk))
+
+    def close(self) -> None:
+        self._see(self._decoder.close())
+
+    def _see(self, events: list[ServerSentEvent]) -> None:
+        for event in events:
             name = event.event
             if name == "message_stop":
                 self.completed = True

@@ -103,6 +103,7 @@ class AnthropicProvider(Provider):
                 tap.feed(chunk)
                 yield chunk
             drained = True
+            tap.close()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
         except aiohttp.ClientError as exc:
