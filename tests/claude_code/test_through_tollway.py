@@ -1,0 +1,74 @@
+"""The real Claude Code CLI through Tollway to the scripted fake upstream: a Bash tool round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Gateway
+from tollway.config import parse_config
+
+from .client import ClaudeUnavailable, find_claude, probe_claude, run_claude
+from .fake_upstream import FakeUpstream
+
+UPSTREAM_KEY = "sk-ant-api03-tollway-upstream"
+PROMPT = "Run the marker command with the Bash tool and tell me exactly what it printed."
+
+
+@pytest.fixture(scope="module")
+def claude_bin() -> Path:
+    try:
+        path = find_claude()
+        probe_claude(path)
+    except ClaudeUnavailable as exc:
+        pytest.skip(str(exc))
+    return path
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    # The fake accepts only the upstream key: the client's Tollway key must never reach it.
+    with FakeUpstream(expected_api_key=UPSTREAM_KEY) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def cc_gateway(fake: FakeUpstream, tmp_path: Path) -> Iterator[Gateway]:
+    raw = {
+        "storage": {"url": f"sqlite:///{tmp_path / 'cc.db'}", "flush_interval": 0.05},
+        "upstreams": [{"name": "fake", "kind": "anthropic", "base_url": fake.base_url, "api_keys": [UPSTREAM_KEY]}],
+        "models": [{"name": "claude-sonnet-4-6", "targets": [{"upstream": "fake"}]}],
+    }
+    gw = Gateway(parse_config(raw, "claude-code test", {}))
+    yield gw
+    gw.server.close()
+
+
+@pytest.mark.parametrize("bare", [True, False], ids=["bare", "full"])
+def test_bash_tool_round_trip_through_tollway(claude_bin: Path, fake: FakeUpstream, cc_gateway: Gateway,
+                                              tmp_path: Path, bare: bool) -> None:
+    secret = cc_gateway.create_key("claude-code")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_claude(cc_gateway.url, secret, PROMPT, work, bare=bare, claude=claude_bin)
+    diag = f"result: {result}\ntraffic:\n{fake.dump()}"
+
+    assert result.get("is_error") is False, diag
+    assert fake.tool_use_sent, diag
+    assert fake.tool_result_text == fake.marker, diag
+    assert fake.marker in str(result.get("result")), diag
+
+    sent = fake.messages_requests()
+    assert len(sent) >= 2, diag
+    for request in sent:
+        assert request.headers["x-api-key"] == UPSTREAM_KEY
+        assert "claude-code-20250219" in request.headers["anthropic-beta"]
+        assert request.headers["anthropic-version"] == "2023-06-01"
+        assert request.path_qs.endswith("?beta=true")
+
+    rows = [r for r in cc_gateway.usage() if r.endpoint == "messages"]
+    assert len(rows) == len(sent), diag
+    assert all(r.status == 200 and r.stream and r.error_type is None for r in rows), rows
+    assert all(r.input_tokens > 0 and r.output_tokens > 0 for r in rows), rows
