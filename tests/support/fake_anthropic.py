@@ -9,7 +9,8 @@ concurrent tests never share state:
 - ``error:STATUS:NAME``: that status with the recorded error body ``NAME.json`` (and ``retry-after: 7``);
 - ``html:STATUS``: that status with a body no Anthropic client could parse;
 - ``die:N``: a stream that sends N events and then drops the connection;
-- ``hang``: a stream that sends ``message_start`` and then nothing, until its client leaves.
+- ``hang``: a stream that sends ``message_start`` and then nothing, until its client leaves;
+- ``slow:MS``: the echo stream with MS milliseconds between events.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class FakeAnthropic:
                 return await self._die(request, body, int(arg))
             if kind == "hang":
                 return await self._hang(request, body)
+            if kind == "slow":
+                return await self._slow(request, body, int(arg) / 1000)
             return await self._echo(request, body)
         except asyncio.CancelledError:
             self.cancelled.append(scenario)
@@ -148,6 +151,14 @@ class FakeAnthropic:
         await asyncio.sleep(0.05)
         assert request.transport is not None
         request.transport.abort()
+        return response
+
+    async def _slow(self, request: web.Request, body: dict[str, Any], gap: float) -> web.StreamResponse:
+        response = await self._start_stream(request)
+        for event in self._events(body):
+            await response.write(event)
+            await asyncio.sleep(gap)
+        await response.write_eof()
         return response
 
     async def _hang(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
