@@ -25,6 +25,7 @@ class UsageLedger:
         self._pending: list[UsageRecord] = []
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
         self.dropped = 0
 
     def record(self, row: UsageRecord) -> None:
@@ -43,8 +44,9 @@ class UsageLedger:
         self._task = asyncio.create_task(self._loop(), name="tollway-usage-flush")
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
             await self.flush()
 
     async def flush(self) -> None:
@@ -54,13 +56,18 @@ class UsageLedger:
                 return
             try:
                 await self._store.insert_usage(batch)
-            except Exception:
-                log.exception("writing %d usage rows failed; keeping them for the next flush", len(batch))
+            except BaseException as exc:
+                # Rows go back in front of the queue; writing them twice is harmless, as inserts skip
+                # request ids already stored.
                 self._pending[:0] = batch
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("writing %d usage rows failed; keeping them for the next flush", len(batch))
 
     async def close(self) -> None:
+        # The loop is asked to stop, never cancelled: a cancelled write would leave its batch neither
+        # written nor queued, and its connection still holding SQLite's write lock.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()

@@ -7,6 +7,7 @@ logged with its traceback and the client gets a plain ``api_error`` that reveals
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -28,8 +29,21 @@ log = logging.getLogger("tollway.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+class RequestIds:
+    """Unique request ids without a system call each: a random per-process prefix and a counter.
+
+    The prefix keeps ids unique across processes and restarts; they need not be unguessable.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
+new_request_id = RequestIds()
 
 
 def error_payload(error_type: str, message: str, request_id: str) -> dict[str, object]:

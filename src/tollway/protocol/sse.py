@@ -19,69 +19,57 @@ class ServerSentEvent:
 class SSEDecoder:
     """Splits a byte stream into events; lines may end in LF, CRLF or CR, as the spec allows."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_pending_cr")
+    __slots__ = ("_buffer", "_pending_cr")
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
         # A CR at the end of a chunk may be the first half of a CRLF split across two chunks.
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        return [e for e in map(parse_block, self.feed_blocks(chunk)) if e is not None]
+
+    def feed_blocks(self, chunk: bytes) -> list[bytes]:
+        """The raw text of each event completed by ``chunk``: LF-separated lines, without the blank line.
+
+        A caller that wants only some events can look at a block's first bytes before parsing it.
+        """
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk
-        events: list[ServerSentEvent] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            event = self._line(buffer[start:end])
-            if event is not None:
-                events.append(event)
-            start = end + 1
-        self._buffer = buffer[start:]
-        return events
+        blocks = (self._buffer + chunk).split(b"\n\n")
+        self._buffer = blocks.pop()
+        return blocks
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream: an event whose last line lacks its terminator still counts.
 
         The spec would drop it, but the SDKs dispatch it, and recorded Anthropic streams end that way.
         """
-        events = []
-        if self._buffer:
-            event = self._line(self._buffer)
-            self._buffer = b""
-            if event is not None:
-                events.append(event)
-        event = self._line(b"")
-        if event is not None:
-            events.append(event)
-        return events
+        rest, self._buffer = self._buffer, b""
+        event = parse_block(rest) if rest.strip() else None
+        return [] if event is None else [event]
 
-    def _line(self, raw: bytes) -> ServerSentEvent | None:
-        if not raw:
-            if not self._data and not self._event:
-                return None
-            event = ServerSentEvent(self._event or "message", "\n".join(self._data))
-            self._event, self._data = "", []
-            return event
-        if raw.startswith(b":"):
-            return None
-        line = raw.decode("utf-8", errors="replace")
-        name, sep, value = line.partition(":")
+
+def parse_block(block: bytes) -> ServerSentEvent | None:
+    """One event from its lines; None for a block of comments, or with no data (the spec dispatches none)."""
+    name = ""
+    data: list[str] = []
+    for raw in block.split(b"\n"):
+        if not raw or raw.startswith(b":"):
+            continue
+        field, sep, value = raw.decode("utf-8", errors="replace").partition(":")
         if sep and value.startswith(" "):
             value = value[1:]
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    if not data:
         return None
+    return ServerSentEvent(name or "message", "\n".join(data))
 
 
 def encode_event(event: str, payload: object) -> bytes:

@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
-from tollway.protocol.sse import ServerSentEvent, SSEDecoder
+from tollway.protocol.sse import ServerSentEvent, SSEDecoder, parse_block
+
+_SKIPPED = (b"event: content_block_", b"event: ping")
 
 
 @dataclass(slots=True)
@@ -70,7 +72,16 @@ class StreamTap:
         self.error: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> None:
-        self._see(self._decoder.feed(chunk))
+        for block in self._decoder.feed_blocks(chunk):
+            # Most of a stream is deltas and pings: recognised by their first bytes, never parsed.
+            if block.startswith(_SKIPPED):
+                continue
+            if block.startswith(b"event: message_stop"):
+                self.completed = True
+                continue
+            event = parse_block(block)
+            if event is not None:
+                self._see([event])
 
     def close(self) -> None:
         self._see(self._decoder.close())

@@ -39,12 +39,12 @@ class AnthropicProvider(Provider):
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        # Tollway reads usage from the bytes, so it asks for them uncompressed; the client's own
-        # accept-encoding is about its hop, not this one.
+        # Tollway reads usage from the bytes, so it asks for them uncompressed (identity) and relays
+        # them as they come; the client's own accept-encoding is about its hop, not this one.
         self._session = aiohttp.ClientSession(
             connector=connector,
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout_connect,
                                           sock_read=self.config.timeout_idle),
         )
@@ -62,6 +62,7 @@ class AnthropicProvider(Provider):
         headers = dict(call.headers)
         headers["x-api-key"] = call.api_key
         headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"
         try:
             async with asyncio.timeout(self.config.timeout_first_byte):
                 resp = await self._session.post(url, data=call.body, headers=headers)

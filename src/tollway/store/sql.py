@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Integer, func, insert, or_, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tollway.errors import ConfigError
@@ -45,6 +46,14 @@ def _key(row: Any) -> KeyRecord:
 class SQLStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+
+    @property
+    def _insert(self) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert
+        return sqlite_insert
 
     @classmethod
     def open(cls, url: str) -> SQLStore:
@@ -126,8 +135,10 @@ class SQLStore:
         if not records:
             return
         rows = [{f: getattr(r, f) for f in UsageRecord.__slots__} for r in records]
+        # A batch retried after a failure that happened after its commit must not fail on its own rows.
+        statement = self._insert(schema.usage).on_conflict_do_nothing(index_elements=["request_id"])
         async with self.engine.begin() as conn:
-            await conn.execute(insert(schema.usage), rows)
+            await conn.execute(statement, rows)
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
         u = schema.usage

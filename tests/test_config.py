@@ -1,0 +1,399 @@
+"""Configuration: defaults, TOML parsing, ${VAR} expansion, errors that name the file and key, lookup order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tollway.config import (
+    DEFAULT_ANTHROPIC_URL,
+    Config,
+    ModelConfig,
+    ServerConfig,
+    StorageConfig,
+    TargetConfig,
+    UpstreamConfig,
+    default_config,
+    load_config,
+    parse_config,
+)
+from tollway.errors import ConfigError
+
+SEED_MODEL_IDS = [
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-opus-4-5-20251101",
+    "claude-haiku-4-5-20251001",
+    "claude-sonnet-4-5-20250929",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-20250514",
+    "claude-sonnet-4-20250514",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-5-sonnet-20241022",
+]
+
+MINIMAL_TOML = """
+[[upstreams]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "m"
+targets = [{ upstream = "mock" }]
+"""
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "upstreams": [{"name": "mock", "kind": "mock"}],
+        "models": [{"name": "m", "targets": [{"upstream": "mock"}]}],
+    }
+    raw.update(extra)
+    return raw
+
+
+def parse(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    return parse_config(raw, "conf.toml", env or {})
+
+
+def config_error(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(raw, env)
+    return str(caught.value)
+
+
+# -- defaults ---------------------------------------------------------------------------------------------------
+
+
+def test_defaults_without_api_key_use_the_mock() -> None:
+    config = default_config({})
+    assert config.upstreams == (UpstreamConfig(name="mock", kind="mock"),)
+    assert [m.name for m in config.models] == SEED_MODEL_IDS
+    assert all(m.targets == (TargetConfig(upstream="mock"),) for m in config.models)
+    assert config.uses_mock is True
+    assert config.source == "<built-in defaults>"
+    assert config.server == ServerConfig()
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+    assert config.storage == StorageConfig()
+    assert config.storage.url == "sqlite:///./tollway.db"
+
+
+def test_defaults_with_api_key_use_anthropic() -> None:
+    config = default_config({"ANTHROPIC_API_KEY": "sk-ant-test"})
+    assert config.upstreams == (UpstreamConfig(name="anthropic", kind="anthropic",
+                                               base_url="https://api.anthropic.com", api_keys=("sk-ant-test",)),)
+    assert [m.name for m in config.models] == SEED_MODEL_IDS
+    assert all(m.targets == (TargetConfig(upstream="anthropic"),) for m in config.models)
+    assert all(m.max_tokens is None and m.display_name is None for m in config.models)
+    assert config.uses_mock is False
+    assert config.upstream("anthropic").api_keys == ("sk-ant-test",)
+    with pytest.raises(KeyError):
+        config.upstream("mock")
+
+
+def test_empty_api_key_counts_as_unset() -> None:
+    assert default_config({"ANTHROPIC_API_KEY": ""}).upstreams[0].kind == "mock"
+
+
+def test_load_config_without_any_file_gives_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, {}) == default_config({})
+    assert load_config(None, {"ANTHROPIC_API_KEY": "k"}).upstreams[0].kind == "anthropic"
+
+
+def test_load_config_reads_os_environ_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOLLWAY_CONFIG", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
+    assert load_config().upstreams[0].api_keys == ("from-env",)
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    assert load_config().upstreams[0].kind == "mock"
+
+
+# -- parsing ----------------------------------------------------------------------------------------------------
+
+
+def test_full_config() -> None:
+    raw = {
+        "server": {"host": "0.0.0.0", "port": 9000, "shutdown_timeout": 5, "max_body_bytes": 2048},
+        "storage": {"url": "sqlite:////var/lib/tollway.db", "flush_interval": 1, "key_refresh_interval": 0.5},
+        "upstreams": [
+            {"name": "main", "kind": "anthropic", "base_url": "https://proxy.example/", "api_keys": ["k1", "k2"],
+             "timeout": {"connect": 2, "first_byte": 30.5, "idle": 60}},
+            {"name": "mock", "kind": "mock"},
+        ],
+        "models": [
+            {"name": "claude-sonnet-4-6", "targets": [{"upstream": "main"}, {"upstream": "mock", "model": "m2"}],
+             "display_name": "Sonnet", "created_at": "2026-02-17T00:00:00Z", "max_tokens": 1000},
+        ],
+    }
+    config = parse(raw)
+    assert config.server == ServerConfig(host="0.0.0.0", port=9000, shutdown_timeout=5.0, max_body_bytes=2048)
+    assert config.storage == StorageConfig(url="sqlite:////var/lib/tollway.db", flush_interval=1.0,
+                                           key_refresh_interval=0.5)
+    assert config.upstreams == (
+        UpstreamConfig(name="main", kind="anthropic", base_url="https://proxy.example", api_keys=("k1", "k2"),
+                       timeout_connect=2.0, timeout_first_byte=30.5, timeout_idle=60.0),
+        UpstreamConfig(name="mock", kind="mock"),
+    )
+    assert config.models == (
+        ModelConfig(name="claude-sonnet-4-6",
+                    targets=(TargetConfig(upstream="main"), TargetConfig(upstream="mock", model="m2")),
+                    display_name="Sonnet", created_at="2026-02-17T00:00:00Z", max_tokens=1000),
+    )
+    assert config.source == "conf.toml"
+    assert config.uses_mock is True
+
+
+def test_minimal_config_gets_default_sections() -> None:
+    config = parse(minimal())
+    assert config.server == ServerConfig()
+    assert config.storage == StorageConfig()
+    assert config.upstreams == (UpstreamConfig(name="mock", kind="mock"),)
+    assert config.models == (ModelConfig(name="m", targets=(TargetConfig(upstream="mock"),)),)
+
+
+def test_anthropic_upstream_gets_the_default_url() -> None:
+    config = parse(minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k"]}],
+                           models=[{"name": "m", "targets": [{"upstream": "a"}]}]))
+    assert config.upstreams[0].base_url == DEFAULT_ANTHROPIC_URL
+
+
+def test_env_var_expansion() -> None:
+    raw = minimal(
+        server={"host": "${HOST}"},
+        storage={"url": "sqlite:///${DATA}/t.db"},
+        upstreams=[{"name": "a", "kind": "anthropic", "base_url": "https://${DOMAIN}/v", "api_keys": ["${KEY}", "x${KEY}y"]}],
+        models=[{"name": "${MODEL}", "targets": [{"upstream": "a", "model": "up-${MODEL}"}]}],
+    )
+    env = {"HOST": "10.0.0.1", "DATA": "/srv", "DOMAIN": "api.example", "KEY": "secret", "MODEL": "claude-x"}
+    config = parse(raw, env)
+    assert config.server.host == "10.0.0.1"
+    assert config.storage.url == "sqlite:////srv/t.db"
+    assert config.upstreams[0].base_url == "https://api.example/v"
+    assert config.upstreams[0].api_keys == ("secret", "xsecrety")
+    assert config.models[0] == ModelConfig(name="claude-x", targets=(TargetConfig(upstream="a", model="up-claude-x"),))
+
+
+def test_only_braced_references_expand() -> None:
+    config = parse(minimal(server={"host": "$HOST"}), {"HOST": "nope"})
+    assert config.server.host == "$HOST"
+
+
+def test_env_var_set_to_empty_string_expands_to_empty() -> None:
+    assert parse(minimal(server={"host": "a${EMPTY}b"}), {"EMPTY": ""}).server.host == "ab"
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["${NOPE}"]}],
+                 models=[{"name": "m", "targets": [{"upstream": "a"}]}]), "upstreams[0].api_keys[0]"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock"},
+                            {"name": "a", "kind": "anthropic", "api_keys": ["ok", "also-${NOPE}"]}]),
+         "upstreams[1].api_keys[1]"),
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic", "base_url": "https://${NOPE}", "api_keys": ["k"]}],
+                 models=[{"name": "m", "targets": [{"upstream": "a"}]}]), "upstreams[0].base_url"),
+        (minimal(server={"host": "${NOPE}"}), "server.host"),
+        (minimal(storage={"url": "sqlite:///${NOPE}"}), "storage.url"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock", "model": "${NOPE}"}]}]),
+         "models[0].targets[0].model"),
+    ],
+)
+def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> None:
+    message = config_error(raw, {"OTHER": "x"})
+    assert message == f"conf.toml: {where}: environment variable NOPE is not set"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: models, server, storage, upstreams)"),
+        (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
+                                        "max_body_bytes, port, shutdown_timeout)"),
+        (minimal(storage={"path": "x"}), "conf.toml: storage.path: unknown key"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "key": "x"}]), "conf.toml: upstreams[0].key: unknown key"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "timeout": {"read": 1}}]),
+         "conf.toml: upstreams[0].timeout.read: unknown key"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock", "weight": 2}]}]),
+         "conf.toml: models[0].targets[0].weight: unknown key"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}], "alias": "x"}]),
+         "conf.toml: models[0].alias: unknown key"),
+    ],
+)
+def test_unknown_keys(raw: dict[str, Any], message: str) -> None:
+    assert config_error(raw).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (minimal(server={"port": "8080"}), "conf.toml: server.port: must be an integer, not str"),
+        (minimal(server={"port": True}), "conf.toml: server.port: must be an integer, not bool"),
+        (minimal(server={"port": 8080.0}), "conf.toml: server.port: must be an integer, not float"),
+        (minimal(server={"port": 70000}), "conf.toml: server.port: must be between 0 and 65535 (got 70000)"),
+        (minimal(server={"port": -1}), "conf.toml: server.port: must be between 0 and 65535 (got -1)"),
+        (minimal(server={"max_body_bytes": 10}), "conf.toml: server.max_body_bytes: must be at least 1024 (got 10)"),
+        (minimal(server={"host": 1}), "conf.toml: server.host: must be a string, not int"),
+        (minimal(server={"shutdown_timeout": "60"}), "conf.toml: server.shutdown_timeout: must be a number, not str"),
+        (minimal(server={"shutdown_timeout": False}), "conf.toml: server.shutdown_timeout: must be a number, not bool"),
+        (minimal(server={"shutdown_timeout": -1}), "conf.toml: server.shutdown_timeout: must be at least 0.0"),
+        (minimal(server="localhost"), "conf.toml: server: must be a table"),
+        (minimal(storage={"url": "postgresql://db/tollway"}),
+         "conf.toml: storage.url: only sqlite:///PATH is supported in this version"),
+        (minimal(storage={"flush_interval": 0}), "conf.toml: storage.flush_interval: must be at least 0.01"),
+        (minimal(storage={"key_refresh_interval": 0.01}),
+         "conf.toml: storage.key_refresh_interval: must be at least 0.05"),
+        (minimal(upstreams={"name": "mock"}), "conf.toml: upstreams: must be an array of tables"),
+        (minimal(upstreams=["mock"]), "conf.toml: upstreams: must be an array of tables"),
+        (minimal(upstreams=[{"kind": "mock"}]), "conf.toml: upstreams[0].name: is required"),
+        (minimal(upstreams=[{"name": "mock"}]), "conf.toml: upstreams[0].kind: is required"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "api_keys": "k"}]),
+         "conf.toml: upstreams[0].api_keys: must be an array of strings"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "api_keys": [1]}]),
+         "conf.toml: upstreams[0].api_keys: must be an array of strings"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "timeout": 5}]),
+         "conf.toml: upstreams[0].timeout: must be a table"),
+        (minimal(upstreams=[{"name": "mock", "kind": "mock", "timeout": {"connect": 0}}]),
+         "conf.toml: upstreams[0].timeout.connect: must be at least 0.001"),
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic"}]),
+         "conf.toml: upstreams[0].api_keys: an anthropic upstream needs at least one non-empty key"),
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k", ""]}]),
+         "conf.toml: upstreams[0].api_keys: an anthropic upstream needs at least one non-empty key"),
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k"], "base_url": "api.anthropic.com"}]),
+         "conf.toml: upstreams[0].base_url: must start with http:// or https:// (got 'api.anthropic.com')"),
+        (minimal(models="m"), "conf.toml: models: must be an array of tables"),
+        (minimal(models=[]), "conf.toml: models: at least one [[models]] entry is required"),
+        (minimal(models=[{"targets": [{"upstream": "mock"}]}]), "conf.toml: models[0].name: is required"),
+        (minimal(models=[{"name": "m"}]), "conf.toml: models[0].targets: at least one target is required"),
+        (minimal(models=[{"name": "m", "targets": [{}]}]), "conf.toml: models[0].targets[0].upstream: is required"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}], "max_tokens": 0}]),
+         "conf.toml: models[0].max_tokens: must be at least 1 (got 0)"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}], "max_tokens": "big"}]),
+         "conf.toml: models[0].max_tokens: must be an integer, not str"),
+    ],
+)
+def test_wrong_values(raw: dict[str, Any], message: str) -> None:
+    assert config_error(raw) == message
+
+
+def test_config_without_upstreams_has_no_target() -> None:
+    raw = {"models": [{"name": "m", "targets": [{"upstream": "mock"}]}]}
+    assert config_error(raw) == "conf.toml: models[0].targets[0].upstream: no upstream named 'mock' (known: )"
+
+
+def test_unknown_upstream_in_a_target() -> None:
+    raw = minimal(upstreams=[{"name": "mock", "kind": "mock"}, {"name": "alt", "kind": "mock"}],
+                  models=[{"name": "a", "targets": [{"upstream": "mock"}]},
+                          {"name": "b", "targets": [{"upstream": "mock"}, {"upstream": "missing"}]}])
+    assert config_error(raw) == "conf.toml: models[1].targets[1].upstream: no upstream named 'missing' (known: alt, mock)"
+
+
+def test_duplicate_upstream_names() -> None:
+    raw = minimal(upstreams=[{"name": "mock", "kind": "mock"}, {"name": "b", "kind": "mock"},
+                             {"name": "mock", "kind": "mock"}])
+    assert config_error(raw) == "conf.toml: upstreams[2].name: duplicate upstream name 'mock'"
+
+
+def test_duplicate_model_names() -> None:
+    raw = minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}]},
+                          {"name": "m", "targets": [{"upstream": "mock"}]}])
+    assert config_error(raw) == "conf.toml: models[1].name: duplicate model name 'm'"
+
+
+def test_bad_kind() -> None:
+    assert config_error(minimal(upstreams=[{"name": "mock", "kind": "openai"}])) == (
+        "conf.toml: upstreams[0].kind: must be one of anthropic, mock (got 'openai')")
+
+
+def test_mock_upstream_may_have_no_keys() -> None:
+    assert parse(minimal()).upstreams[0].api_keys == ()
+
+
+# -- files and lookup order ---------------------------------------------------------------------------------------
+
+
+def write(path: Path, model: str) -> Path:
+    path.write_text(MINIMAL_TOML.replace('name = "m"', f'name = "{model}"'), encoding="utf-8")
+    return path
+
+
+def test_load_explicit_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.toml", "from-explicit")
+    config = load_config(str(path), {})
+    assert [m.name for m in config.models] == ["from-explicit"]
+    assert config.source == str(path)
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    explicit = write(tmp_path / "explicit.toml", "explicit")
+    env_file = write(tmp_path / "env.toml", "env")
+    env = {"TOLLWAY_CONFIG": str(env_file)}
+
+    # Nothing: built-in defaults.
+    assert load_config(None, {}).source == "<built-in defaults>"
+    # ./tollway.toml is found in the working directory.
+    write(cwd / "tollway.toml", "local")
+    assert [m.name for m in load_config(None, {}).models] == ["local"]
+    assert load_config(None, {}).source == "tollway.toml"
+    # $TOLLWAY_CONFIG beats ./tollway.toml.
+    assert [m.name for m in load_config(None, env).models] == ["env"]
+    # --config beats both.
+    assert [m.name for m in load_config(str(explicit), env).models] == ["explicit"]
+    # An empty TOLLWAY_CONFIG is as good as unset.
+    assert [m.name for m in load_config(None, {"TOLLWAY_CONFIG": ""}).models] == ["local"]
+
+
+def test_local_file_beats_api_key_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "tollway.toml", "local")
+    config = load_config(None, {"ANTHROPIC_API_KEY": "k"})
+    assert [m.name for m in config.models] == ["local"]
+    assert config.upstreams[0].kind == "mock"
+
+
+def test_explicit_file_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(missing), {})
+    assert str(caught.value) == f"{missing}: file not found"
+
+
+def test_tollway_config_file_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "tollway.toml", "local")  # a missing $TOLLWAY_CONFIG does not fall back to it
+    missing = tmp_path / "gone.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"TOLLWAY_CONFIG": str(missing)})
+    assert str(caught.value) == f"{missing}: file not found"
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server\nport = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value).startswith(f"{path}: not valid TOML: ")
+
+
+def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(MINIMAL_TOML + '\n[server]\nport = "x"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value) == f"{path}: server.port: must be an integer, not str"
+
+
+def test_env_expansion_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text('[[upstreams]]\nname = "a"\nkind = "anthropic"\napi_keys = ["${UPSTREAM_KEY}"]\n'
+                    '[[models]]\nname = "m"\ntargets = [{ upstream = "a" }]\n', encoding="utf-8")
+    assert load_config(str(path), {"UPSTREAM_KEY": "sk-1"}).upstreams[0].api_keys == ("sk-1",)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value) == f"{path}: upstreams[0].api_keys[0]: environment variable UPSTREAM_KEY is not set"
