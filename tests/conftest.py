@@ -7,14 +7,13 @@ from typing import Any
 import anthropic
 import pytest
 
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.loop_thread import AppServer
 from tollway.accounting.keys import new_key
 from tollway.api.app import create_app
 from tollway.api.context import SERVICES
 from tollway.config import Config, parse_config
 from tollway.store import UsageRecord
-
-from tests.support.fake_anthropic import FakeAnthropic
-from tests.support.loop_thread import AppServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -46,7 +45,7 @@ class Gateway:
 
     def key_id(self, name: str) -> str:
         keys = self.server.thread.run(self.services.store.list_keys())
-        return next(k.id for k in keys if k.name == name)
+        return str(next(k.id for k in keys if k.name == name))
 
     def usage(self) -> list[UsageRecord]:
         """Every usage row, newest first, after flushing what is queued."""

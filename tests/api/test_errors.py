@@ -25,7 +25,7 @@ def post(gateway: Gateway, body: bytes | dict[str, Any], headers: dict[str, str]
 
 def assert_error(r: httpx.Response, status: int, error_type: str, message: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, r.text
-    body = r.json()
+    body: dict[str, Any] = r.json()
     assert body["type"] == "error"
     assert body["error"]["type"] == error_type
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]

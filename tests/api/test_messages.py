@@ -256,15 +256,16 @@ def test_bearer_and_x_api_key_both_work(gateway: Gateway, secret: str) -> None:
 
 def test_seed_example_request(client: anthropic.Anthropic) -> None:
     # The seed page's example body, with max_tokens above the thinking budget as the API requires.
-    message = client.messages.create(
+    seed: dict[str, Any] = dict(
         model="claude-sonnet-4-6", max_tokens=2048, system="<string>", metadata={"user_id": "<string>"},
         stop_sequences=["<string>"], extra_body={"temperature": 1, "top_p": 0.5, "top_k": 1}, stream=False,
         tools=[{"name": "get_x", "input_schema": {}, "description": "<string>"}],
-        tool_choice={"type": "auto", "name": "<string>"},  # type: ignore[typeddict-unknown-key]
+        tool_choice={"type": "auto", "name": "<string>"},
         thinking={"type": "enabled", "budget_tokens": 1025},
         messages=[{"role": "user", "content": "Hello, Claude!"}],
         extra_headers=scenario("json:message_text"),
     )
+    message = client.messages.create(**seed)
     assert message.type == "message" and message.role == "assistant"
     assert message.stop_reason in ("end_turn", "max_tokens", "stop_sequence", "tool_use", None)
     for field in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Gateway, Upstream
 from tests.support.fake_anthropic import USAGE
+from tollway.store import UsageRecord
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 50, "stream": True,
         "messages": [{"role": "user", "content": "tell me"}]}
@@ -86,7 +87,7 @@ def test_client_that_leaves_cancels_the_upstream_request(gateway: Gateway, upstr
     assert upstream.fake.cancelled.count("hang") == before + 1, "the upstream request was not cancelled"
 
     deadline = time.monotonic() + 10
-    rows = []
+    rows: list[UsageRecord] = []
     while not rows and time.monotonic() < deadline:
         rows = [r for r in gateway.usage() if r.request_id == request_id]
         time.sleep(0.02)

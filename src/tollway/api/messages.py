@@ -222,11 +222,26 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
     except UpstreamError as exc:
         log.warning("stream %s cut: %s", request_id, exc.message)
         outcome.fail(200, exc.error_type)
-        await response.write(encode_event("error", error_payload(exc.error_type, exc.message, request_id)))
+        frame = encode_event("error", error_payload(exc.error_type, exc.message, request_id))
+        if not await _write_or_leave(response, frame, outcome):
+            return response
     except ConnectionResetError:
         outcome.fail(CLIENT_CLOSED, "client_closed")
         return response
     finally:
         services.open_streams -= 1
-    await response.write_eof()
+    await _write_or_leave(response, b"", outcome, eof=True)
     return response
+
+
+async def _write_or_leave(response: web.StreamResponse, data: bytes, outcome: Outcome, *, eof: bool = False) -> bool:
+    """Write to a client that may have gone; False (and the row says so) if it has."""
+    try:
+        if eof:
+            await response.write_eof()
+        else:
+            await response.write(data)
+    except ConnectionResetError:
+        outcome.fail(CLIENT_CLOSED, "client_closed")
+        return False
+    return True

@@ -34,6 +34,8 @@ class SSEDecoder:
 
         A caller that wants only some events can look at a block's first bytes before parsing it.
         """
+        if not chunk:
+            return []
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = chunk.endswith(b"\r")

@@ -219,8 +219,9 @@ def _check_tool_results_follow(messages: list[Any], i: int, content: list[Any]) 
     following = messages[i + 1]
     answered: set[object] = set()
     if isinstance(following, dict) and isinstance(following.get("content"), list):
+        # Ids of any type are possible here: the next message's blocks are validated after this check.
         answered = {b.get("tool_use_id") for b in following["content"]
-                    if isinstance(b, dict) and b.get("type") == "tool_result"}
+                    if isinstance(b, dict) and b.get("type") == "tool_result" and isinstance(b.get("tool_use_id"), str)}
     missing = [str(x) for x in ids if x not in answered]
     if missing:
         raise _fail(f"messages.{i + 1}", "`tool_use` ids were found without `tool_result` blocks immediately "
