@@ -7,7 +7,6 @@ turn against a given base URL, returning the parsed ``--output-format json`` res
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -23,7 +22,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "ClaudeRunError",
     "ClaudeUnavailable",
-    "arun_claude",
     "claude_command",
     "claude_env",
     "find_claude",
@@ -211,8 +209,7 @@ def run_claude(
 ) -> dict[str, Any]:
     """Run one ``claude -p`` turn against ``base_url`` and return its JSON result.
 
-    Blocking: from an async test that serves the gateway on its own loop, use
-    ``arun_claude`` instead, or the loop would stall while the CLI waits for it.
+    Blocking: the gateway under test must serve from another thread or process.
     A result with ``is_error: true`` is returned, not raised; only a missing JSON result
     (crash, timeout) raises ``ClaudeRunError``.
     """
@@ -243,47 +240,3 @@ def run_claude(
     return _parse_result(proc.returncode, stdout, stderr)
 
 
-async def arun_claude(
-    base_url: str,
-    api_key: str,
-    prompt: str,
-    cwd: str | os.PathLike[str],
-    *,
-    model: str = DEFAULT_MODEL,
-    max_turns: int = 4,
-    bare: bool = True,
-    time_limit: float = DEFAULT_TIMEOUT,
-    extra_args: Sequence[str] = (),
-    extra_env: Mapping[str, str] | None = None,
-    claude: Path | None = None,
-) -> dict[str, Any]:
-    """``run_claude`` for async tests: the event loop keeps running while the CLI works."""
-    claude = claude or find_claude()
-    cmd = claude_command(claude, prompt, model=model, max_turns=max_turns, bare=bare, extra_args=extra_args)
-    with tempfile.TemporaryDirectory(prefix="tollway-cc-home-") as home:
-        env = claude_env(base_url, api_key, config_dir=home, home=home, extra=extra_env)
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            cwd=os.fspath(cwd),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), time_limit)
-        except TimeoutError:
-            _kill_group(proc.pid)
-            out, err = await proc.communicate()
-            raise ClaudeRunError(
-                f"claude timed out after {time_limit:.0f}s",
-                None,
-                out.decode(errors="replace"),
-                err.decode(errors="replace"),
-            ) from None
-        finally:
-            if proc.returncode is None:
-                _kill_group(proc.pid)
-                await proc.wait()
-    return _parse_result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -11,21 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from .client import DEFAULT_MODEL, ClaudeUnavailable, find_claude, probe_claude, run_claude
+from .client import DEFAULT_MODEL, run_claude
 from .fake_upstream import FakeUpstream
 
 API_KEY = "sk-ant-api03-tollway-test-direct"
 PROMPT = "Run the marker command with the Bash tool and tell me exactly what it printed."
-
-
-@pytest.fixture(scope="module")
-def claude_bin() -> Path:
-    try:
-        path = find_claude()
-        probe_claude(path)
-    except ClaudeUnavailable as exc:
-        pytest.skip(str(exc))
-    return path
 
 
 @pytest.fixture

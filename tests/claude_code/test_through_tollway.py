@@ -10,21 +10,11 @@ import pytest
 from tests.conftest import Gateway
 from tollway.config import parse_config
 
-from .client import ClaudeUnavailable, find_claude, probe_claude, run_claude
+from .client import run_claude
 from .fake_upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-ant-api03-tollway-upstream"
 PROMPT = "Run the marker command with the Bash tool and tell me exactly what it printed."
-
-
-@pytest.fixture(scope="module")
-def claude_bin() -> Path:
-    try:
-        path = find_claude()
-        probe_claude(path)
-    except ClaudeUnavailable as exc:
-        pytest.skip(str(exc))
-    return path
 
 
 @pytest.fixture
