@@ -165,7 +165,8 @@ def test_env_var_expansion() -> None:
     raw = minimal(
         server={"host": "${HOST}"},
         storage={"url": "sqlite:///${DATA}/t.db"},
-        upstreams=[{"name": "a", "kind": "anthropic", "base_url": "https://${DOMAIN}/v", "api_keys": ["${KEY}", "x${KEY}y"]}],
+        upstreams=[{"name": "a", "kind": "anthropic", "base_url": "https://${DOMAIN}/v",
+                    "api_keys": ["${KEY}", "x${KEY}y"]}],
         models=[{"name": "${MODEL}", "targets": [{"upstream": "a", "model": "up-${MODEL}"}]}],
     )
     env = {"HOST": "10.0.0.1", "DATA": "/srv", "DOMAIN": "api.example", "KEY": "secret", "MODEL": "claude-x"}
@@ -288,7 +289,8 @@ def test_unknown_upstream_in_a_target() -> None:
     raw = minimal(upstreams=[{"name": "mock", "kind": "mock"}, {"name": "alt", "kind": "mock"}],
                   models=[{"name": "a", "targets": [{"upstream": "mock"}]},
                           {"name": "b", "targets": [{"upstream": "mock"}, {"upstream": "missing"}]}])
-    assert config_error(raw) == "conf.toml: models[1].targets[1].upstream: no upstream named 'missing' (known: alt, mock)"
+    assert config_error(raw) == ("conf.toml: models[1].targets[1].upstream: no upstream named 'missing' "
+                                 "(known: alt, mock)")
 
 
 def test_duplicate_upstream_names() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,19 +117,22 @@ def test_error_event_without_error_object() -> None:
     assert tap.error == {"type": "api_error"}
 
 
-def synthetic(*frames: tuple[str, dict[str, object]]) -> bytes:
+Frame = tuple[str, Mapping[str, object]]
+
+
+def synthetic(*frames: Frame) -> bytes:
     return b"".join(encode_event(name, payload) for name, payload in frames)
 
 
-def start(usage: dict[str, object]) -> tuple[str, dict[str, object]]:
+def start(usage: Mapping[str, object]) -> Frame:
     return "message_start", {"type": "message_start", "message": {"id": "msg_1", "content": [], "usage": usage}}
 
 
-def delta(usage: dict[str, object]) -> tuple[str, dict[str, object]]:
+def delta(usage: Mapping[str, object]) -> Frame:
     return "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
 
 
-STOP = ("message_stop", {"type": "message_stop"})
+STOP: Frame = ("message_stop", {"type": "message_stop"})
 
 
 def test_cumulative_message_deltas_overwrite() -> None:
@@ -187,7 +191,7 @@ def test_bad_json_and_odd_shapes_do_not_break_the_tap() -> None:
 
 def test_content_events_are_not_read_for_usage() -> None:
     # A text delta that happens to carry a usage-looking object must not count.
-    fake = ("content_block_delta", {"type": "content_block_delta", "usage": {"output_tokens": 999}})
+    fake: Frame = ("content_block_delta", {"type": "content_block_delta", "usage": {"output_tokens": 999}})
     tap = tap_whole(synthetic(start({"input_tokens": 3, "output_tokens": 1}), fake, delta({"output_tokens": 2}), STOP))
     assert tap.usage == expected(3, 2)
 

@@ -66,8 +66,9 @@ TOOLS = [{"name": "get_weather", "input_schema": {"type": "object"}}]
 BUDGET_TOO_SMALL = "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
 BUDGET_NOT_BELOW_MAX = ("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation "
                         f"at {DOCS}#max-tokens-and-context-window-size")
-TEMPERATURE_WITH_THINKING = ("`temperature` may only be set to 1 when thinking is enabled or in adaptive mode. Please "
-                             f"consult our documentation at {DOCS}#important-considerations-when-using-extended-thinking")
+TEMPERATURE_WITH_THINKING = ("`temperature` may only be set to 1 when thinking is enabled or in adaptive mode. "
+                             f"Please consult our documentation at {DOCS}"
+                             "#important-considerations-when-using-extended-thinking")
 FORCED_TOOL_WITH_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
 EMPTY_MESSAGE = "all messages must have non-empty content except for the optional final assistant message"
 EMPTY_TEXT = "messages: text content blocks must be non-empty"
@@ -289,13 +290,14 @@ def test_tool_use_in_a_later_message_is_not_an_answer() -> None:
         validate_request(body(messages=messages))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unhashable tool_use_id in the message after a tool_use raises "
-                                       "TypeError from _check_tool_results_follow instead of InvalidRequest")
 @pytest.mark.parametrize("bad_id", [["toolu_A"], {"id": "toolu_A"}], ids=["list", "dict"])
 def test_unhashable_tool_use_id_after_tool_use(bad_id: object) -> None:
+    # Found by the nested property test below: this once raised TypeError (unhashable) instead of a 400.
     messages = msgs("Hi", [tool_use("toolu_A")], [{"type": "tool_result", "tool_use_id": bad_id}])
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as caught:
         validate_request(body(messages=messages))
+    match = UNANSWERED.fullmatch(caught.value.message)  # an id that is not a string answers nothing
+    assert match is not None and match.group(1) == "toolu_A", caught.value.message
 
 
 # -- valid bodies -----------------------------------------------------------------------------------------------
@@ -458,15 +460,14 @@ def _paths(value: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[str 
     return out
 
 
-# Replacing tool_use_id itself is left to test_unhashable_tool_use_id_after_tool_use while that bug stands.
-RICH_PATHS = [p for p in _paths(RICH) if p[-1] != "tool_use_id"]
-WORDS = st.sampled_from(["user", "assistant", "system", "text", "tool_use", "enabled", "adaptive", "disabled",
-                         "auto", "any", "tool", "none", "", " ", "custom"])
+RICH_PATHS = _paths(RICH)
+WORDS = st.sampled_from(["user", "assistant", "system", "text", "tool_use", "tool_result", "toolu_1", "enabled",
+                         "adaptive", "disabled", "auto", "any", "tool", "none", "", " ", "custom"])
 JSON_WITH_WORDS = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text() | WORDS,
     lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["type", "text", "id", "name", "input", "role", "content"]) | st.text(max_size=3),
-                      children, max_size=4),
+    | st.dictionaries(st.sampled_from(["type", "text", "id", "name", "input", "role", "content", "tool_use_id"])
+                      | st.text(max_size=3), children, max_size=4),
     max_leaves=15,
 )
 

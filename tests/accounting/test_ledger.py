@@ -1,0 +1,209 @@
+"""UsageLedger: rows are queued, written in batches, kept when a write fails, and flushed on close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tollway.accounting.ledger import UsageLedger
+from tollway.store import SQLStore, UsageRecord
+from tollway.store.schema import metadata
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+class RecordingStore(SQLStore):
+    """A real SQLite store that counts its batch writes and can be told to fail or to wait."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(SQLStore.open(url).engine)
+        self.batches: list[int] = []
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+        self.writing = asyncio.Event()
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        self.writing.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("disk on fire")
+        self.batches.append(len(records))
+        await super().insert_usage(records)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[RecordingStore]:
+    s = RecordingStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def row(i: int) -> UsageRecord:
+    return UsageRecord(request_id=f"req_{i:04d}", created_at=T0 + timedelta(seconds=i), key_id="key_a",
+                       endpoint="messages", model="claude-sonnet-4-6", upstream="mock", upstream_model=None,
+                       stream=False, status=200, error_type=None, input_tokens=i, output_tokens=1)
+
+
+async def stored_ids(store: SQLStore) -> list[str]:
+    return sorted(r.request_id for r in await store.usage_rows(limit=100_000))
+
+
+async def test_record_queues_and_flush_writes_one_batch(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    for i in range(5):
+        ledger.record(row(i))
+    assert ledger.pending == 5
+    assert await stored_ids(store) == []  # record() never writes
+    await ledger.flush()
+    assert ledger.pending == 0
+    assert store.batches == [5]  # one write for the lot
+    assert await stored_ids(store) == [f"req_{i:04d}" for i in range(5)]
+    await ledger.flush()  # nothing queued: no write at all
+    assert store.batches == [5]
+
+
+async def test_rows_recorded_after_a_flush_go_in_the_next(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(1))
+    await ledger.flush()
+    ledger.record(row(2))
+    ledger.record(row(3))
+    await ledger.flush()
+    assert store.batches == [1, 2]
+    assert await stored_ids(store) == ["req_0001", "req_0002", "req_0003"]
+
+
+async def test_background_loop_flushes(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=0.01)
+    await ledger.start()
+    try:
+        for i in range(3):
+            ledger.record(row(i))
+        for _ in range(500):
+            if len(await stored_ids(store)) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert await stored_ids(store) == ["req_0000", "req_0001", "req_0002"]
+        assert ledger.pending == 0
+    finally:
+        await ledger.close()
+
+
+async def test_close_flushes_the_rest_without_waiting_for_the_interval(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    await ledger.start()
+    for i in range(4):
+        ledger.record(row(i))
+    await asyncio.wait_for(ledger.close(), timeout=10)
+    assert ledger.pending == 0
+    assert await stored_ids(store) == [f"req_{i:04d}" for i in range(4)]
+
+
+async def test_close_without_start_flushes(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(7))
+    await ledger.close()
+    assert await stored_ids(store) == ["req_0007"]
+
+
+async def test_failed_write_keeps_rows_for_the_next_flush(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    for i in range(3):
+        ledger.record(row(i))
+    store.fail = True
+    await ledger.flush()  # logged, not raised
+    assert ledger.pending == 3
+    assert await stored_ids(store) == []
+    ledger.record(row(3))
+    assert ledger.pending == 4
+    store.fail = False
+    await ledger.flush()
+    assert ledger.pending == 0
+    assert store.batches == [4]
+    assert await stored_ids(store) == ["req_0000", "req_0001", "req_0002", "req_0003"]
+
+
+async def test_rows_kept_in_order_behind_a_failure(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(1))
+    store.fail = True
+    store.gate = asyncio.Event()
+    flushing = asyncio.create_task(ledger.flush())
+    await store.writing.wait()
+    ledger.record(row(2))  # arrives while the failing write is in flight
+    store.gate.set()
+    await flushing
+    assert ledger.pending == 2
+    store.fail, store.gate = False, None
+    captured: list[list[str]] = []
+    real = SQLStore.insert_usage
+
+    async def capture(records: Sequence[UsageRecord]) -> None:
+        captured.append([r.request_id for r in records])
+        await real(store, records)
+
+    store.insert_usage = capture  # type: ignore[method-assign]
+    await ledger.flush()
+    assert captured == [["req_0001", "req_0002"]]  # the failed batch goes back in front
+
+
+async def test_real_database_failure_keeps_rows(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(1))
+    ledger.record(row(2))
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE usage"))
+    await ledger.flush()  # "no such table": logged, rows kept
+    assert ledger.pending == 2
+    async with store.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    await ledger.flush()
+    assert ledger.pending == 0
+    assert await stored_ids(store) == ["req_0001", "req_0002"]
+
+
+async def test_close_while_a_write_is_in_flight_loses_nothing(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=0.01)
+    store.gate = asyncio.Event()
+    await ledger.start()
+    ledger.record(row(1))
+    await asyncio.wait_for(store.writing.wait(), timeout=10)  # the loop's write has started and is waiting
+    ledger.record(row(2))
+    closing = asyncio.create_task(ledger.close())
+    await asyncio.sleep(0.05)
+    store.gate.set()
+    await asyncio.wait_for(closing, timeout=10)
+    assert ledger.pending == 0
+    assert await stored_ids(store) == ["req_0001", "req_0002"]
+
+
+async def test_retried_batch_is_not_double_counted(store: RecordingStore) -> None:
+    # A write that committed but then reported failure is retried; the store skips rows it already has.
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(1))
+    await store.insert_usage([row(1)])
+    await ledger.flush()
+    assert ledger.pending == 0
+    rows = await store.usage_rows()
+    assert [r.request_id for r in rows] == ["req_0001"]
+
+
+async def test_queue_limit_drops_and_counts(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.MAX_PENDING = 3
+    for i in range(5):
+        ledger.record(row(i))
+    assert ledger.pending == 3
+    assert ledger.dropped == 2
+    await ledger.flush()
+    assert await stored_ids(store) == ["req_0000", "req_0001", "req_0002"]
+    ledger.record(row(9))  # room again after the flush
+    assert ledger.pending == 1
+    assert ledger.dropped == 2

@@ -1,0 +1,110 @@
+"""cost_usd against list prices worked out by hand (reference section 9)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tollway.accounting.pricing import cost_usd
+from tollway.protocol.catalog import LIST_PRICES, SEED_MODELS
+from tollway.store import UsageSummary
+
+
+def summary(inp: int = 0, out: int = 0, c5m: int = 0, c1h: int = 0, read: int = 0) -> UsageSummary:
+    return UsageSummary(key_id="key_a", key_name="a", model="m", requests=1, errors=0, input_tokens=inp,
+                        output_tokens=out, cache_creation_5m=c5m, cache_creation_1h=c1h, cache_read_input_tokens=read)
+
+
+# Dollars per million tokens from the reference's table: input, output, 5m write, 1h write, cache read.
+TABLE = {
+    "claude-opus-4-6": ("5", "25", "6.25", "10", "0.50"),
+    "claude-sonnet-4-6": ("3", "15", "3.75", "6", "0.30"),
+    "claude-opus-4-5-20251101": ("5", "25", "6.25", "10", "0.50"),
+    "claude-sonnet-4-5-20250929": ("3", "15", "3.75", "6", "0.30"),
+    "claude-haiku-4-5-20251001": ("1", "5", "1.25", "2", "0.10"),
+    "claude-opus-4-1-20250805": ("15", "75", "18.75", "30", "1.50"),
+    "claude-opus-4-20250514": ("15", "75", "18.75", "30", "1.50"),
+    "claude-sonnet-4-20250514": ("3", "15", "3.75", "6", "0.30"),
+    "claude-3-7-sonnet-20250219": ("3", "15", "3.75", "6", "0.30"),
+    "claude-3-5-sonnet-20241022": ("3", "15", "3.75", "6", "0.30"),
+}
+
+# 1M input + 2M output + 3M 5m-writes + 4M 1h-writes + 5M reads, by hand:
+#   $5/$25:   5 +  50 + 18.75 +  40 + 2.5 = 116.25
+#   $3/$15:   3 +  30 + 11.25 +  24 + 1.5 =  69.75
+#   $1/$5:    1 +  10 +  3.75 +   8 + 0.5 =  23.25
+#   $15/$75: 15 + 150 + 56.25 + 120 + 7.5 = 348.75
+MIXED = {
+    "claude-opus-4-6": "116.25",
+    "claude-sonnet-4-6": "69.75",
+    "claude-opus-4-5-20251101": "116.25",
+    "claude-sonnet-4-5-20250929": "69.75",
+    "claude-haiku-4-5-20251001": "23.25",
+    "claude-opus-4-1-20250805": "348.75",
+    "claude-opus-4-20250514": "348.75",
+    "claude-sonnet-4-20250514": "69.75",
+    "claude-3-7-sonnet-20250219": "69.75",
+    "claude-3-5-sonnet-20241022": "69.75",
+}
+
+# A realistic small request: 1,234 input, 567 output, 2,000 5m-writes, 0 1h, 10,000 reads.
+#   sonnet: (1234*3 + 567*15 + 2000*3.75 + 10000*0.3) / 1e6 = (3702 + 8505 + 7500 + 3000) / 1e6 = 0.022707
+#   haiku:  (1234*1 + 567*5 + 2000*1.25 + 10000*0.1) / 1e6  = (1234 + 2835 + 2500 + 1000) / 1e6  = 0.007569
+#   opus 4.6: (1234*5 + 567*25 + 2000*6.25 + 10000*0.5) / 1e6 = (6170 + 14175 + 12500 + 5000) / 1e6 = 0.037845
+#   opus 4.1: (1234*15 + 567*75 + 2000*18.75 + 10000*1.5) / 1e6 = (18510 + 42525 + 37500 + 15000) / 1e6 = 0.113535
+SMALL = {
+    "claude-opus-4-6": "0.037845",
+    "claude-sonnet-4-6": "0.022707",
+    "claude-opus-4-5-20251101": "0.037845",
+    "claude-sonnet-4-5-20250929": "0.022707",
+    "claude-haiku-4-5-20251001": "0.007569",
+    "claude-opus-4-1-20250805": "0.113535",
+    "claude-opus-4-20250514": "0.113535",
+    "claude-sonnet-4-20250514": "0.022707",
+    "claude-3-7-sonnet-20250219": "0.022707",
+    "claude-3-5-sonnet-20241022": "0.022707",
+}
+
+
+def test_every_seed_model_is_priced() -> None:
+    assert {m.id for m in SEED_MODELS} == set(TABLE) == set(LIST_PRICES)
+
+
+@pytest.mark.parametrize("model", sorted(TABLE))
+def test_each_price_component(model: str) -> None:
+    inp, out, w5m, w1h, read = (Decimal(x) for x in TABLE[model])
+    million = 1_000_000
+    assert cost_usd(model, summary(inp=million)) == inp
+    assert cost_usd(model, summary(out=million)) == out
+    assert cost_usd(model, summary(c5m=million)) == w5m
+    assert cost_usd(model, summary(c1h=million)) == w1h
+    assert cost_usd(model, summary(read=million)) == read
+    assert cost_usd(model, summary()) == 0
+
+
+@pytest.mark.parametrize("model", sorted(MIXED))
+def test_mixed_usage(model: str) -> None:
+    cost = cost_usd(model, summary(inp=1_000_000, out=2_000_000, c5m=3_000_000, c1h=4_000_000, read=5_000_000))
+    assert cost == Decimal(MIXED[model])
+
+
+@pytest.mark.parametrize("model", sorted(SMALL))
+def test_small_request_is_exact(model: str) -> None:
+    cost = cost_usd(model, summary(inp=1234, out=567, c5m=2000, read=10_000))
+    assert isinstance(cost, Decimal)
+    assert cost == Decimal(SMALL[model])
+    assert f"{cost:.6f}" == SMALL[model]
+
+
+def test_single_tokens_are_exact_not_float() -> None:
+    # One haiku cache read is $0.0000001: a float sum of many would drift, Decimal must not.
+    one_read = cost_usd("claude-haiku-4-5-20251001", summary(read=1))
+    assert one_read == Decimal("0.0000001")
+    assert one_read is not None and sum([one_read] * 10, Decimal(0)) == Decimal("0.000001")
+    assert cost_usd("claude-sonnet-4-6", summary(inp=1, out=1)) == Decimal("0.000018")
+
+
+@pytest.mark.parametrize("model", [None, "", "claude-unknown-9", "mock-model", "claude-sonnet-4-6 "])
+def test_unknown_model_has_no_price(model: str | None) -> None:
+    assert cost_usd(model, summary(inp=1000, out=1000)) is None
