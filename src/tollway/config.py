@@ -271,7 +271,8 @@ def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
         t.check_keys({"upstream", "model"})
         upstream = t.string("upstream")
         if upstream not in upstream_names:
-            raise t.fail("upstream", f"no upstream named {upstream!r} (known: {', '.join(sorted(upstream_names))})")
+            known = ", ".join(sorted(upstream_names)) or "none is configured"
+            raise t.fail("upstream", f"no upstream named {upstream!r} (known: {known})")
         targets.append(TargetConfig(upstream=upstream, model=t.optional_string("model")))
     if not targets:
         raise m.fail("targets", "at least one target is required")

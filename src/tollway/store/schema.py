@@ -24,7 +24,7 @@ keys = Table(
     Column("name", String(200), nullable=False),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("hint", String(40), nullable=False),
-    Column("models", JSON, nullable=True),
+    Column("models", JSON(none_as_null=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
