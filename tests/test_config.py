@@ -282,7 +282,8 @@ def test_wrong_values(raw: dict[str, Any], message: str) -> None:
 
 def test_config_without_upstreams_has_no_target() -> None:
     raw = {"models": [{"name": "m", "targets": [{"upstream": "mock"}]}]}
-    assert config_error(raw) == "conf.toml: models[0].targets[0].upstream: no upstream named 'mock' (known: none is configured)"
+    assert config_error(raw) == ("conf.toml: models[0].targets[0].upstream: no upstream named 'mock' "
+                                 "(known: none is configured)")
 
 
 def test_unknown_upstream_in_a_target() -> None:
