@@ -159,7 +159,7 @@ class SQLStore:
                 # Measured under load: about 10% less CPU per gateway request than Core executemany.
                 for start in range(0, len(records), _SQLITE_ROWS_PER_STATEMENT):
                     chunk = records[start:start + _SQLITE_ROWS_PER_STATEMENT]
-                    params = tuple(v for r in chunk for v in r._replace(created_at=_sqlite_time(r.created_at)))
+                    params = tuple(v for r in chunk for v in (r[0], _sqlite_time(r.created_at), *r[2:]))
                     await conn.exec_driver_sql(_sqlite_insert_sql(len(chunk)), params)
             else:
                 # A batch retried after a failure that came after its commit must not fail on its own rows.
