@@ -307,8 +307,8 @@ def test_duplicate_model_names() -> None:
 
 
 def test_bad_kind() -> None:
-    assert config_error(minimal(upstreams=[{"name": "mock", "kind": "openai"}])) == (
-        "conf.toml: upstreams[0].kind: must be one of anthropic, mock (got 'openai')")
+    assert config_error(minimal(upstreams=[{"name": "mock", "kind": "grpc"}])) == (
+        "conf.toml: upstreams[0].kind: must be one of anthropic, openai, mock (got 'grpc')")
 
 
 def test_mock_upstream_may_have_no_keys() -> None:
@@ -400,3 +400,33 @@ def test_env_expansion_from_a_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), {})
     assert str(caught.value) == f"{path}: upstreams[0].api_keys[0]: environment variable UPSTREAM_KEY is not set"
+
+
+def test_openai_upstream_family_defaults_and_overrides() -> None:
+    deepseek = parse(minimal(upstreams=[{"name": "mock", "kind": "openai", "base_url": "https://api.deepseek.com/v1"}]))
+    options = deepseek.upstreams[0].openai
+    assert options is not None
+    assert (options.family, options.reasoning_request, options.max_output_tokens) == ("deepseek", "deepseek", 8192)
+    custom = parse(minimal(upstreams=[{"name": "mock", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                       "family": "openai", "max_tokens_field": "max_tokens", "send_top_k": True,
+                                       "max_output_tokens": 1000}]))
+    options = custom.upstreams[0].openai
+    assert options is not None
+    assert (options.family, options.max_tokens_field, options.send_top_k, options.max_output_tokens,
+            options.schema_cleaning) == ("openai", "max_tokens", True, 1000, "openai")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"family": "grok"}, "upstreams[0].family: must be one of"),
+    ({"reasoning_field": "thoughts"}, "upstreams[0].reasoning_field: must be one of"),
+    ({"send_top_k": "yes"}, "upstreams[0].send_top_k: must be true or false"),
+    ({"max_output_tokens": 0}, "upstreams[0].max_output_tokens: must be at least 1"),
+])
+def test_openai_switch_errors(extra: dict[str, object], message: str) -> None:
+    raw = minimal(upstreams=[{"name": "mock", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", **extra}])
+    assert message in config_error(raw)
+
+
+def test_openai_switches_refused_on_other_kinds() -> None:
+    raw = minimal(upstreams=[{"name": "mock", "kind": "mock", "family": "openai"}])
+    assert config_error(raw) == 'conf.toml: upstreams[0].family: only applies to kind = "openai"'

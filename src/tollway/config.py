@@ -17,8 +17,9 @@ from typing import Any
 
 from tollway.errors import ConfigError
 from tollway.protocol.catalog import SEED_MODELS
+from tollway.upstream_options import FAMILIES, OpenAIOptions, guess_family, options_for
 
-UPSTREAM_KINDS = ("anthropic", "mock")
+UPSTREAM_KINDS = ("anthropic", "openai", "mock")
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -51,6 +52,8 @@ class UpstreamConfig:
     timeout_connect: float = 10.0
     timeout_first_byte: float = 600.0
     timeout_idle: float = 300.0
+    openai: OpenAIOptions | None = None
+    """For ``kind = "openai"``: the switches for that server family."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +238,19 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, source=source)
 
 
+_OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {
+    "max_tokens_field": ("max_tokens", "max_completion_tokens"),
+    "reasoning_field": ("reasoning_content", "reasoning", "none"),
+    "reasoning_request": ("reasoning_effort", "deepseek", "openrouter", "none"),
+    "schema_cleaning": ("none", "openai", "gemini"),
+    "max_output_tokens": None,
+    "send_top_k": None,
+    "max_stop_sequences": None,
+}
+
+
 def _parse_upstream(u: _Reader) -> UpstreamConfig:
-    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout"})
+    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "family", *_OPENAI_SWITCHES})
     kind = u.string("kind")
     if kind not in UPSTREAM_KINDS:
         raise u.fail("kind", f"must be one of {', '.join(UPSTREAM_KINDS)} (got {kind!r})")
@@ -245,11 +259,16 @@ def _parse_upstream(u: _Reader) -> UpstreamConfig:
         raise u.fail("api_keys", "must be an array of strings")
     keys = tuple(u.expand(k, f"api_keys[{i}]") for i, k in enumerate(keys_raw))
     base_url = u.string("base_url", DEFAULT_ANTHROPIC_URL if kind == "anthropic" else "")
-    if kind == "anthropic":
+    if kind in ("anthropic", "openai"):
         if not base_url.startswith(("http://", "https://")):
             raise u.fail("base_url", f"must start with http:// or https:// (got {base_url!r})")
-        if not keys or not all(keys):
-            raise u.fail("api_keys", "an anthropic upstream needs at least one non-empty key")
+    if kind == "anthropic" and (not keys or not all(keys)):
+        raise u.fail("api_keys", "an anthropic upstream needs at least one non-empty key")
+    openai = _parse_openai_options(u, base_url) if kind == "openai" else None
+    if kind != "openai":
+        for key in ("family", *_OPENAI_SWITCHES):
+            if key in u.data:
+                raise u.fail(key, 'only applies to kind = "openai"')
     t = u.table("timeout")
     t.check_keys({"connect", "first_byte", "idle"})
     return UpstreamConfig(
@@ -260,7 +279,30 @@ def _parse_upstream(u: _Reader) -> UpstreamConfig:
         timeout_connect=t.number("connect", 10.0, minimum=0.001),
         timeout_first_byte=t.number("first_byte", 600.0, minimum=0.001),
         timeout_idle=t.number("idle", 300.0, minimum=0.001),
+        openai=openai,
     )
+
+
+def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
+    family = u.string("family", guess_family(base_url))
+    if family not in FAMILIES:
+        raise u.fail("family", f"must be one of {', '.join(FAMILIES)} (got {family!r})")
+    overrides: dict[str, object] = {}
+    for key, choices in _OPENAI_SWITCHES.items():
+        if key not in u.data:
+            continue
+        if choices is not None:
+            value = u.string(key)
+            if value not in choices:
+                raise u.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
+            overrides[key] = value
+        elif key == "send_top_k":
+            if not isinstance(u.data[key], bool):
+                raise u.fail(key, "must be true or false")
+            overrides[key] = u.data[key]
+        else:
+            overrides[key] = u.integer(key, None, minimum=1)
+    return options_for(family, overrides)
 
 
 def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
