@@ -1,0 +1,77 @@
+"""What every upstream reached over HTTP shares: one connection pool, timeouts, and errors mapped once.
+
+Transport failures become `UpstreamError`s here and nowhere else, so each wire protocol (Anthropic,
+OpenAI) deals only in bytes and statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from tollway.errors import UpstreamTimeout, UpstreamUnavailable
+from tollway.providers.base import Provider
+
+
+class HTTPProvider(Provider):
+    _session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # Tollway reads usage from the bytes, so it asks for them uncompressed (identity) and relays them
+        # as they come; the client's own accept-encoding is about its hop, not this one.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout_connect,
+                                          sock_read=self.config.timeout_idle),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """Send; return once the status line and headers are in (the first-byte timeout covers this)."""
+        assert self._session is not None, "provider used before start()"
+        try:
+            async with asyncio.timeout(self.config.timeout_first_byte):
+                return await self._session.post(self.config.base_url + path, data=body, headers=headers)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
+
+    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await resp.read()
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.name!r} stalled while answering") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {self.name!r} failed while answering "
+                                      f"({type(exc).__name__})") from None
+        finally:
+            resp.release()
+
+    async def chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The body as it arrives. Left unread, the response is closed, not released: dropping the
+        connection is what cancels the upstream's work when the client has gone."""
+        drained = False
+        try:
+            async for chunk in resp.content.iter_any():
+                yield chunk
+            drained = True
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {self.name!r} broke off the stream "
+                                      f"({type(exc).__name__})") from None
+        finally:
+            if drained:
+                resp.release()
+            else:
+                resp.close()
