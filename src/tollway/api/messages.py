@@ -142,7 +142,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> A
         body = orjson.dumps(payload)
     outcome.upstream, outcome.upstream_model = target.provider.name, target.model
     call = UpstreamCall(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
-                        query=request.query_string, model=target.model, stream=outcome.stream,
+                        query=request.query_string, model=target.model, client_model=info.model,
+                        stream=outcome.stream,
                         api_key=services.table.api_key(target.provider))
     return Admitted(call, route, target)
 

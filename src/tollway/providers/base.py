@@ -27,6 +27,9 @@ class UpstreamCall:
     """Client headers to forward (anthropic-version, anthropic-beta, unknown ones); no credentials."""
     query: str
     model: str
+    """The model name the upstream knows."""
+    client_model: str
+    """The model name the client sent, which translated answers carry."""
     stream: bool
     api_key: str
 

@@ -49,7 +49,7 @@ class HTTPProvider(Provider):
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
             return await resp.read()
-        except TimeoutError:
+        except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} stalled while answering") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} failed while answering "
@@ -57,21 +57,32 @@ class HTTPProvider(Provider):
         finally:
             resp.release()
 
+    async def read_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The next bytes of the body, b"" at its end. Safe to cancel: unread bytes stay buffered."""
+        try:
+            return await resp.content.readany()
+        except aiohttp.ServerTimeoutError:
+            # aiohttp's idle timeout (sock_read). A caller's own asyncio.timeout never lands here: it
+            # arrives as cancellation and becomes TimeoutError only where the caller opened it.
+            raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {self.name!r} broke off the stream "
+                                      f"({type(exc).__name__})") from None
+
     async def chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The body as it arrives. Left unread, the response is closed, not released: dropping the
         connection is what cancels the upstream's work when the client has gone."""
         drained = False
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk := await self.read_chunk(resp):
                 yield chunk
             drained = True
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream {self.name!r} broke off the stream "
-                                      f"({type(exc).__name__})") from None
         finally:
-            if drained:
-                resp.release()
-            else:
-                resp.close()
+            self.finish(resp, drained)
+
+    @staticmethod
+    def finish(resp: aiohttp.ClientResponse, drained: bool) -> None:
+        if drained:
+            resp.release()
+        else:
+            resp.close()
