@@ -259,9 +259,8 @@ def _parse_upstream(u: _Reader) -> UpstreamConfig:
         raise u.fail("api_keys", "must be an array of strings")
     keys = tuple(u.expand(k, f"api_keys[{i}]") for i, k in enumerate(keys_raw))
     base_url = u.string("base_url", DEFAULT_ANTHROPIC_URL if kind == "anthropic" else "")
-    if kind in ("anthropic", "openai"):
-        if not base_url.startswith(("http://", "https://")):
-            raise u.fail("base_url", f"must start with http:// or https:// (got {base_url!r})")
+    if kind in ("anthropic", "openai") and not base_url.startswith(("http://", "https://")):
+        raise u.fail("base_url", f"must start with http:// or https:// (got {base_url!r})")
     if kind == "anthropic" and (not keys or not all(keys)):
         raise u.fail("api_keys", "an anthropic upstream needs at least one non-empty key")
     openai = _parse_openai_options(u, base_url) if kind == "openai" else None

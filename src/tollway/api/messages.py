@@ -23,6 +23,7 @@ from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_ID, error_payload
 from tollway.errors import (
     InvalidRequest,
+    NotFound,
     PermissionDenied,
     RequestTooLarge,
     TollwayError,
@@ -32,8 +33,7 @@ from tollway.errors import (
 from tollway.protocol.sse import encode_event
 from tollway.protocol.usage import Usage
 from tollway.protocol.validate import validate_request
-from tollway.providers import UpstreamCall, UpstreamReply
-from tollway.routing.table import Route, Target
+from tollway.providers import Provider, UpstreamCall, UpstreamReply
 from tollway.store import KeyRecord, UsageRecord
 
 log = logging.getLogger("tollway.messages")
@@ -114,16 +114,8 @@ async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
 
 
-class Admitted:
-    """A request that passed every check, ready to go to its upstream."""
-
-    __slots__ = ("call", "route", "target")
-
-    def __init__(self, call: UpstreamCall, route: Route, target: Target) -> None:
-        self.call, self.route, self.target = call, route, target
-
-
-async def admit(request: web.Request, services: Services, outcome: Outcome) -> Admitted:
+async def admit(request: web.Request, services: Services, outcome: Outcome) -> tuple[UpstreamCall, Provider]:
+    """Check the request in the real API's order; return the call to make and who gets it."""
     outcome.key = key = await authenticate(request, services.keys)
     body, payload = await read_json(request, services.config.server.max_body_bytes)
     headers = forwarded_headers(request)
@@ -133,7 +125,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> A
     info = validate_request(payload, count_tokens=counting, betas=headers.get("anthropic-beta", ""),
                             max_tokens_cap=route.max_tokens if route else None)
     outcome.model, outcome.stream = info.model, info.stream and not counting
-    route = services.table.resolve(info.model)
+    if route is None:
+        raise NotFound(f"model: {info.model}")
     if not may_use(key, info.model):
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
     target = services.table.pick(route)
@@ -143,9 +136,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> A
     outcome.upstream, outcome.upstream_model = target.provider.name, target.model
     call = UpstreamCall(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                         query=request.query_string, model=target.model, client_model=info.model,
-                        stream=outcome.stream,
-                        api_key=services.table.api_key(target.provider))
-    return Admitted(call, route, target)
+                        stream=outcome.stream, api_key=services.table.api_key(target.provider))
+    return call, target.provider
 
 
 def reply_error(reply: UpstreamReply, upstream: str) -> TollwayError | None:
@@ -179,12 +171,12 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     outcome = Outcome(endpoint=endpoint, started=time.monotonic())
     reply: UpstreamReply | None = None
     try:
-        admitted = await admit(request, services, outcome)
-        reply = await admitted.target.provider.send(admitted.call)
+        call, provider = await admit(request, services, outcome)
+        reply = await provider.send(call)
         outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         if reply.chunks is not None:
             return await _stream(request, services, reply, outcome, request_id)
-        error = reply_error(reply, admitted.target.provider.name) if reply.status >= 400 else None
+        error = reply_error(reply, provider.name) if reply.status >= 400 else None
         if error is not None:
             raise error
         outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)

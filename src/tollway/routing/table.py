@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tollway.config import Config, ModelConfig
-from tollway.errors import NotFound
 from tollway.protocol.catalog import CATALOG
 from tollway.providers import Provider, build_provider
 
@@ -55,12 +54,6 @@ class RoutingTable:
             created_at=model.created_at or (info.created_at if info else "1970-01-01T00:00:00Z"),
             max_input_tokens=info.max_input_tokens if info else None,
         )
-
-    def resolve(self, model: str) -> Route:
-        route = self.routes.get(model)
-        if route is None:
-            raise NotFound(f"model: {model}")
-        return route
 
     def pick(self, route: Route) -> Target:
         return route.targets[0]

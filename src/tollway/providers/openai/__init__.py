@@ -1,0 +1,1 @@
+"""The ``openai`` upstream kind: Anthropic Messages in front, Chat Completions behind."""
