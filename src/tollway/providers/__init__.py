@@ -22,7 +22,8 @@ def build_provider(config: UpstreamConfig) -> Provider:
     module, _, name = PROVIDER_KINDS[config.kind].partition(":")
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, Provider)
-    return cls(config)
+    provider: Provider = cls(config)
+    return provider
 
 
 __all__ = ["PROVIDER_KINDS", "Provider", "UpstreamCall", "UpstreamReply", "build_provider"]
