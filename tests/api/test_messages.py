@@ -284,3 +284,19 @@ def test_mock_upstream_answers_like_the_api(client: anthropic.Anthropic) -> None
     assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
     assert final.stop_reason == "tool_use"
     assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
+
+
+def test_thinking_signed_by_a_translated_upstream_never_reaches_anthropic(upstream: Upstream,
+                                                                          client: anthropic.Anthropic) -> None:
+    tag = marker()
+    history: list[Any] = [
+        {"role": "user", "content": f"first {tag}"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "tollway1:0f0f"},
+                                          {"type": "text", "text": "answer"}]},
+        {"role": "user", "content": "again"},
+    ]
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=2048, messages=history,
+                           thinking={"type": "enabled", "budget_tokens": 1024})
+    got = upstream.fake.for_request_id(tag).json
+    assert got["messages"][1]["content"] == [{"type": "text", "text": "answer"}]
+    assert got["thinking"] == {"type": "enabled", "budget_tokens": 1024}

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from tollway.errors import UpstreamUnavailable
+from tollway.protocol.sanitize import drop_foreign_thinking, needs_sanitizing
 from tollway.protocol.usage import StreamTap, usage_from_message
 from tollway.providers.base import UpstreamCall, UpstreamReply
 from tollway.providers.http import HTTPProvider
@@ -41,7 +42,10 @@ class AnthropicProvider(HTTPProvider):
         headers["x-api-key"] = call.api_key
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
-        resp = await self.post(path, call.body, headers)
+        data = call.body
+        if needs_sanitizing(data) and drop_foreign_thinking(call.payload):
+            data = orjson.dumps(call.payload)
+        resp = await self.post(path, data, headers)
         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
         if call.stream and resp.status == 200:
             reply = UpstreamReply(status=200, headers=reply_headers)
