@@ -1,8 +1,14 @@
-"""A fake Anthropic Messages API upstream for benchmarks: as cheap as aiohttp allows.
+"""A fake Anthropic Messages API and OpenAI Chat Completions upstream for benchmarks: as cheap as aiohttp allows.
 
-Every response body is serialised once per model name and then only concatenated with a fresh message
-id, so the fake spends its CPU on HTTP and not on building JSON; that keeps it from stealing much of the
+Every response body is serialised once per model name and then only joined around a fresh message id,
+so the fake spends its CPU on HTTP and not on building JSON; that keeps it from stealing much of the
 two cores from the process actually being measured.
+
+- `POST /v1/messages` (JSON or SSE) and `POST /v1/messages/count_tokens`: Anthropic.
+- `POST /v1/chat/completions` (JSON or `data:` chunk stream ending in `[DONE]`): OpenAI. The usage-only
+  chunk is sent only with `"stream_options": {"include_usage": true}`, as OpenAI does.
+
+Both answer the same text, with the same usage in each API's terms. Query strings are ignored.
 
     python bench/fake_upstream.py --port 18080 [--frame-gap-ms 0]
 """
@@ -13,15 +19,16 @@ import argparse
 import asyncio
 import itertools
 import signal
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 import uvloop
 from aiohttp import web
 
-_ID_PLACEHOLDER = "msg_01PLACEHOLDERPLACEHOLDER"
+_ID_PLACEHOLDER = b"msg_01PLACEHOLDERPLACEHOLDER"
 _MAX_CACHED_MODELS = 64
-"""Bounds the template cache if a client sends many distinct model names."""
+"""Bounds each template cache if a client sends many distinct model names."""
 
 _TEXT_PIECES = (
     "Sure",
@@ -39,11 +46,16 @@ _INPUT_TOKENS = 42
 _CACHE_CREATION_TOKENS = 512
 _CACHE_READ_TOKENS = 2048
 _OUTPUT_TOKENS = 31
+_CREATED = 1767225600
+"""OpenAI's `created` (unix seconds): fixed, since the templates are built once."""
+_FINGERPRINT = "fp_bench0001"
 
 _JSON = {"Content-Type": "application/json"}
 _SSE = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 _ids = itertools.count(1)
+Parts = list[bytes]
+"""A pre-serialised body split around every occurrence of the id placeholder: `msg_id.join(parts)`."""
 
 
 def _usage(output_tokens: int) -> dict[str, Any]:
@@ -57,24 +69,41 @@ def _usage(output_tokens: int) -> dict[str, Any]:
     }
 
 
+def _openai_usage() -> dict[str, Any]:
+    # OpenAI counts cached tokens inside prompt_tokens and has no separate cache-write figure.
+    prompt = _INPUT_TOKENS + _CACHE_CREATION_TOKENS + _CACHE_READ_TOKENS
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": _OUTPUT_TOKENS,
+        "total_tokens": prompt + _OUTPUT_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": _CACHE_READ_TOKENS, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
 def _frame(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def _split_on_id(blob: bytes) -> tuple[bytes, bytes]:
-    head, sep, tail = blob.partition(_ID_PLACEHOLDER.encode())
-    assert sep, "template lost its id placeholder"
-    return head, tail
+def _split(blob: bytes) -> Parts:
+    parts = blob.split(_ID_PLACEHOLDER)
+    assert len(parts) > 1, "template lost its id placeholder"
+    return parts
 
 
 class Templates:
-    """Pre-serialised responses for one model name, split around the message id."""
+    """Pre-serialised Anthropic responses for one model name."""
 
-    __slots__ = ("message_head", "message_tail", "stream_frames", "stream_head", "stream_tail")
+    __slots__ = ("message", "stream", "stream_frames")
 
     def __init__(self, model: str) -> None:
         message = {
-            "id": _ID_PLACEHOLDER,
+            "id": _ID_PLACEHOLDER.decode(),
             "type": "message",
             "role": "assistant",
             "model": model,
@@ -83,7 +112,7 @@ class Templates:
             "stop_sequence": None,
             "usage": _usage(_OUTPUT_TOKENS),
         }
-        self.message_head, self.message_tail = _split_on_id(orjson.dumps(message))
+        self.message = _split(orjson.dumps(message))
 
         start = dict(message, content=[], stop_reason=None, usage=_usage(1))
         frames = [
@@ -115,21 +144,66 @@ class Templates:
             ),
             _frame("message_stop", {"type": "message_stop"}),
         ]
-        # Only message_start carries the id; the rest is written verbatim.
-        self.stream_head, self.stream_tail = _split_on_id(b"".join(frames))
-        first_head, first_tail = _split_on_id(frames[0])
-        self.stream_frames = (first_head, first_tail, *frames[1:])
+        # Only message_start carries the id; the other frames split into one part, written verbatim.
+        self.stream = _split(b"".join(frames))
+        self.stream_frames = [f.split(_ID_PLACEHOLDER) for f in frames]
 
 
+def _chat_head(model: str, obj: str) -> dict[str, Any]:
+    return {"id": _ID_PLACEHOLDER.decode(), "object": obj, "created": _CREATED, "model": model}
+
+
+_CHAT_TAIL = {"service_tier": "default", "system_fingerprint": _FINGERPRINT}
+
+
+def _chat_chunks(model: str, include_usage: bool) -> list[bytes]:
+    """Role chunk, one chunk per text piece, finish chunk, [usage-only chunk,] [DONE]."""
+    head = {**_chat_head(model, "chat.completion.chunk"), **_CHAT_TAIL}
+    # With include_usage, OpenAI's chunks carry `"usage": null` until the usage-only one.
+    null_usage: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + orjson.dumps({**head, "choices": [choice], **null_usage}) + b"\n\n"
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    chunks += [chunk({"content": piece}) for piece in _TEXT_PIECES]
+    chunks.append(chunk({}, "stop"))
+    if include_usage:
+        chunks.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": _openai_usage()}) + b"\n\n")
+    chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+class ChatTemplates:
+    """Pre-serialised OpenAI Chat Completions responses for one model name; every chunk carries the id."""
+
+    __slots__ = ("completion", "streams")
+
+    def __init__(self, model: str) -> None:
+        text = "".join(_TEXT_PIECES)
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        completion = {**_chat_head(model, "chat.completion"), "choices": [choice], "usage": _openai_usage()}
+        self.completion = _split(orjson.dumps({**completion, **_CHAT_TAIL}))
+        # Keyed by include_usage: (the whole stream, the same stream chunk by chunk).
+        self.streams: dict[bool, tuple[Parts, list[Parts]]] = {}
+        for include_usage in (False, True):
+            chunks = _chat_chunks(model, include_usage)
+            self.streams[include_usage] = (_split(b"".join(chunks)), [c.split(_ID_PLACEHOLDER) for c in chunks])
+
+
+_T = TypeVar("_T")
 _templates: dict[str, Templates] = {}
+_chat_templates: dict[str, ChatTemplates] = {}
 
 
-def _templates_for(model: str) -> Templates:
-    found = _templates.get(model)
+def _cached(cache: dict[str, _T], model: str, build: Callable[[str], _T]) -> _T:
+    found = cache.get(model)
     if found is None:
-        found = Templates(model)
-        if len(_templates) < _MAX_CACHED_MODELS:
-            _templates[model] = found
+        found = build(model)
+        if len(cache) < _MAX_CACHED_MODELS:
+            cache[model] = found
     return found
 
 
@@ -138,9 +212,25 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.Response(status=status, body=body, headers=_JSON)
 
 
-def _next_id() -> tuple[bytes, str]:
+def _openai_error(status: int, kind: str, message: str) -> web.Response:
+    body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    return web.Response(status=status, body=body, headers=_JSON)
+
+
+def _next_id(prefix: str) -> tuple[bytes, str]:
     n = next(_ids)
-    return f"msg_01bench{n:016d}".encode(), f"req_01bench{n:016d}"
+    return f"{prefix}{n:016d}".encode(), f"req_01bench{n:016d}"
+
+
+async def _payload(request: web.BaseRequest) -> dict[str, Any] | str:
+    """The JSON body with a string `model`, or what is wrong with it."""
+    try:
+        payload = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return "body is not valid JSON"
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+        return "model: Field required"
+    return payload
 
 
 class FakeUpstream:
@@ -153,36 +243,48 @@ class FakeUpstream:
         # request.path excludes the query string, so ?beta=true and friends are ignored for free.
         if request.path == "/v1/messages":
             return await self.messages(request)
+        if request.path == "/v1/chat/completions":
+            return await self.chat(request)
         if request.path == "/v1/messages/count_tokens":
             body = await request.read()
             return web.Response(body=b'{"input_tokens":%d}' % max(1, len(body) // 4), headers=_JSON)
         return _error(404, "not_found_error", f"no route for {request.path}")
 
     async def messages(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            payload = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "invalid_request_error", "body is not valid JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
-            return _error(400, "invalid_request_error", "model: Field required")
-        tpl = _templates_for(payload["model"])
-        msg_id, req_id = _next_id()
+        payload = await _payload(request)
+        if isinstance(payload, str):
+            return _error(400, "invalid_request_error", payload)
+        tpl = _cached(_templates, payload["model"], Templates)
+        msg_id, req_id = _next_id("msg_01bench")
         if payload.get("stream") is not True:
-            return web.Response(
-                body=tpl.message_head + msg_id + tpl.message_tail,
-                headers={**_JSON, "request-id": req_id},
-            )
-        resp = web.StreamResponse(headers={**_SSE, "request-id": req_id})
+            return web.Response(body=msg_id.join(tpl.message), headers={**_JSON, "request-id": req_id})
+        return await self.stream(request, {**_SSE, "request-id": req_id}, msg_id, tpl.stream, tpl.stream_frames)
+
+    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        payload = await _payload(request)
+        if isinstance(payload, str):
+            return _openai_error(400, "invalid_request_error", payload)
+        tpl = _cached(_chat_templates, payload["model"], ChatTemplates)
+        chat_id, req_id = _next_id("chatcmpl-bench")
+        if payload.get("stream") is not True:
+            return web.Response(body=chat_id.join(tpl.completion), headers={**_JSON, "x-request-id": req_id})
+        options = payload.get("stream_options")
+        whole, frames = tpl.streams[isinstance(options, dict) and options.get("include_usage") is True]
+        return await self.stream(request, {**_SSE, "x-request-id": req_id}, chat_id, whole, frames)
+
+    async def stream(
+        self, request: web.BaseRequest, headers: dict[str, str], ident: bytes, whole: Parts, frames: Sequence[Parts]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
         if self.frame_gap <= 0:
             # One write: cheapest for the fake; the reader sees the stream in one or a few chunks.
-            await resp.write(tpl.stream_head + msg_id + tpl.stream_tail)
+            await resp.write(ident.join(whole))
         else:
-            first_head, first_tail, *rest = tpl.stream_frames
-            await resp.write(first_head + msg_id + first_tail)
-            for frame in rest:
-                await asyncio.sleep(self.frame_gap)
-                await resp.write(frame)
+            for i, parts in enumerate(frames):
+                if i:
+                    await asyncio.sleep(self.frame_gap)
+                await resp.write(ident.join(parts))
         await resp.write_eof()
         return resp
 

@@ -6,30 +6,55 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
 
 MODEL = "claude-sonnet-4-6"
-
-_CONVERSATION = {
-    "model": MODEL,
-    "max_tokens": 1024,
-    "system": "You are a concise assistant for a logistics company. Answer in at most three sentences.",
-    "messages": [
-        {"role": "user", "content": "Which is cheaper for 40 pallets from Rotterdam to Milan: rail or road?"},
-        {
-            "role": "assistant",
-            "content": "For 40 pallets, rail is usually cheaper per pallet but slower and less flexible.",
-        },
-        {"role": "user", "content": "And if it has to arrive within 48 hours?"},
-    ],
-}
-BODIES = {
-    "non-stream": orjson.dumps(_CONVERSATION),
-    "stream": orjson.dumps({**_CONVERSATION, "stream": True}),
-}
+OPENAI_CLIENT_MODEL = "claude-haiku-4-5-20251001"
+"""The model name clients send for Tollway's openai route (Tollway maps it to OPENAI_UPSTREAM_MODEL)."""
+OPENAI_UPSTREAM_MODEL = "gpt-bench"
 MAX_ERROR_SAMPLES = 5
+
+_SYSTEM = "You are a concise assistant for a logistics company. Answer in at most three sentences."
+_TURNS = [
+    {"role": "user", "content": "Which is cheaper for 40 pallets from Rotterdam to Milan: rail or road?"},
+    {
+        "role": "assistant",
+        "content": "For 40 pallets, rail is usually cheaper per pallet but slower and less flexible.",
+    },
+    {"role": "user", "content": "And if it has to arrive within 48 hours?"},
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a target is sent, per mode, and the bytes that end a complete stream."""
+
+    bodies: dict[str, bytes]
+    stream_end: bytes
+
+
+def anthropic_workload(model: str) -> Workload:
+    conversation = {"model": model, "max_tokens": 1024, "system": _SYSTEM, "messages": _TURNS}
+    return Workload(
+        {"non-stream": orjson.dumps(conversation), "stream": orjson.dumps({**conversation, "stream": True})},
+        b"message_stop",
+    )
+
+
+def _openai_direct_workload() -> Workload:
+    # What Tollway sends upstream for the Anthropic conversation above (a generic-family openai upstream).
+    messages = [{"role": "system", "content": _SYSTEM}, *_TURNS]
+    chat: dict[str, Any] = {"model": OPENAI_UPSTREAM_MODEL, "messages": messages, "max_tokens": 1024}
+    streaming = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    return Workload({"non-stream": orjson.dumps(chat), "stream": orjson.dumps(streaming)}, b"data: [DONE]")
+
+
+ANTHROPIC = anthropic_workload(MODEL)
+ANTHROPIC_VIA_OPENAI = anthropic_workload(OPENAI_CLIENT_MODEL)
+OPENAI_DIRECT = _openai_direct_workload()
 
 
 def client_headers(api_key: str | None) -> dict[str, str]:
@@ -37,6 +62,10 @@ def client_headers(api_key: str | None) -> dict[str, str]:
     if api_key is not None:
         headers["x-api-key"] = api_key
     return headers
+
+
+def openai_headers(api_key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
 
 
 @dataclass
@@ -76,13 +105,15 @@ async def run_load(
     session: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
+    workload: Workload,
     stream: bool,
     concurrency: int,
     total: int,
     time_limit: float,
 ) -> LoadResult:
     """Issue at most `total` requests, none started after `time_limit` seconds."""
-    body = BODIES["stream" if stream else "non-stream"]
+    body = workload.bodies["stream" if stream else "non-stream"]
+    end = workload.stream_end
     result = LoadResult()
     issued = 0
     started = time.perf_counter()
@@ -95,7 +126,7 @@ async def run_load(
             t0 = time.perf_counter_ns()
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
-                    # The whole body, as a real client would, so streams are timed to message_stop.
+                    # The whole body, as a real client would, so streams are timed to their last event.
                     data = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -103,8 +134,8 @@ async def run_load(
                 continue
             if status != 200:
                 result.note_error(f"HTTP {status}: {data[:200]!r}")
-            elif stream and b"message_stop" not in data[-200:]:
-                result.note_error(f"stream without message_stop: {data[-200:]!r}")
+            elif stream and end not in data[-200:]:
+                result.note_error(f"stream not ending in {end.decode()}: {data[-200:]!r}")
             else:
                 result.ok += 1
                 result.latencies_ns.append(time.perf_counter_ns() - t0)

@@ -173,7 +173,26 @@ class TollwaySetup:
     api_key: str
 
 
-def write_tollway_config(path: Path, tmpdir: Path, port: int, upstream_port: int) -> None:
+def write_tollway_config(
+    path: Path, tmpdir: Path, port: int, upstream_port: int, openai_model: tuple[str, str] | None = None
+) -> None:
+    """Tollway's bench config: the Anthropic model relayed to the fake, and with `openai_model`
+    (client name, upstream name) a second model translated to the fake's OpenAI Chat Completions API."""
+    openai = ""
+    if openai_model is not None:
+        client_name, upstream_name = openai_model
+        openai = f"""
+[[upstreams]]
+name = "fake-openai"
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+api_keys = ["upstream-secret"]
+family = "generic"
+
+[[models]]
+name = "{client_name}"
+targets = [{{ upstream = "fake-openai", model = "{upstream_name}" }}]
+"""
     path.write_text(
         f"""[server]
 host = "127.0.0.1"
@@ -191,7 +210,7 @@ api_keys = ["upstream-secret"]
 [[models]]
 name = "claude-sonnet-4-6"
 targets = [{{ upstream = "fake" }}]
-"""
+{openai}"""
     )
 
 

@@ -3,7 +3,8 @@
     .venv/bin/python bench/run.py [--requests N] [--quick]
 
 Starts the fake upstream, the bare relay and Tollway as subprocesses, measures non-stream and stream at
-each concurrency, prints a markdown table and writes bench/results/latest.json. See bench/README.md.
+each concurrency, for the anthropic passthrough and the openai translation, prints a markdown table and
+writes bench/results/latest.json. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,19 @@ from typing import Any
 
 import orjson
 import uvloop
-from loadgen import LoadResult, client_headers, new_session, run_load
+from loadgen import (
+    ANTHROPIC,
+    ANTHROPIC_VIA_OPENAI,
+    OPENAI_CLIENT_MODEL,
+    OPENAI_DIRECT,
+    OPENAI_UPSTREAM_MODEL,
+    LoadResult,
+    Workload,
+    client_headers,
+    new_session,
+    openai_headers,
+    run_load,
+)
 from procs import (
     CLK_TCK,
     Server,
@@ -37,11 +50,12 @@ from procs import (
     wait_tcp,
     write_tollway_config,
 )
+from report import markdown, ratios, translation
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
-TARGETS = ("direct", "relay", "tollway")
+TARGETS = ("direct", "relay", "tollway", "direct-openai", "tollway-openai")
 MODES = ("non-stream", "stream")
 
 
@@ -52,6 +66,7 @@ class Target:
     headers: dict[str, str]
     process: Server
     """The process whose CPU is charged to this row."""
+    workload: Workload = ANTHROPIC
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests-c1", type=int, help="measured requests per c=1 cell (default requests/4)")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated levels (default 1,32)")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="subset of direct,relay,tollway")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds before a cell stops issuing")
     parser.add_argument(
         "--frame-gap-ms",
@@ -89,7 +104,6 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> tuple[list[Target], dict[str, str]]:
     """Start what the chosen targets need; a Tollway that cannot start is skipped, not fatal."""
     py = sys.executable
-    skipped: dict[str, str] = {}
     fake_port = free_port()
     fake_argv = [py, str(BENCH / "fake_upstream.py"), "--port", str(fake_port)]
     fake = Server("fake-upstream", [*fake_argv, "--frame-gap-ms", str(args.frame_gap_ms)], tmp / "fake.log")
@@ -101,6 +115,9 @@ def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> t
     if "direct" in args.targets:
         # The fake accepts any key; sending one keeps the headers identical across rows.
         targets.append(Target("direct", f"{fake_url}/v1/messages", client_headers("bench"), fake))
+    if "direct-openai" in args.targets:
+        url = f"{fake_url}/v1/chat/completions"
+        targets.append(Target("direct-openai", url, openai_headers("bench"), fake, OPENAI_DIRECT))
     if "relay" in args.targets:
         port = free_port()
         relay = Server(
@@ -112,23 +129,47 @@ def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> t
         relay.start()
         wait_tcp(relay, port)
         targets.append(Target("relay", f"http://127.0.0.1:{port}/v1/messages", client_headers("bench"), relay))
-    if "tollway" in args.targets:
-        target, why = start_tollway(tmp, fake_port, servers, py)
-        if target is None:
+    gateway_targets, skipped = start_gateway(args, tmp, fake_port, servers, py)
+    targets += gateway_targets
+    return sorted(targets, key=lambda t: TARGETS.index(t.name)), skipped
+
+
+def start_gateway(
+    args: argparse.Namespace, tmp: Path, fake_port: int, servers: list[Server], py: str
+) -> tuple[list[Target], dict[str, str]]:
+    """One Tollway serves both of its rows. If it cannot start with the openai upstream in its config (the
+    translation does not import yet, say), tollway-openai is skipped and Tollway retried without it."""
+    wanted = [name for name in ("tollway", "tollway-openai") if name in args.targets]
+    skipped: dict[str, str] = {}
+    while wanted:
+        with_openai = "tollway-openai" in wanted
+        started, why = start_tollway(tmp, fake_port, servers, py, with_openai)
+        if started is not None:
+            gateway, url, headers = started
+            workloads = {"tollway": ANTHROPIC, "tollway-openai": ANTHROPIC_VIA_OPENAI}
+            return [Target(name, url, headers, gateway, workloads[name]) for name in wanted], skipped
+        if not with_openai:
             skipped["tollway"] = why
-        else:
-            targets.append(target)
-    return targets, skipped
+            break
+        skipped["tollway-openai"] = why
+        wanted.remove("tollway-openai")
+    return [], skipped
 
 
-def start_tollway(tmp: Path, fake_port: int, servers: list[Server], py: str) -> tuple[Target | None, str]:
+def start_tollway(
+    tmp: Path, fake_port: int, servers: list[Server], py: str, with_openai: bool
+) -> tuple[tuple[Server, str, dict[str, str]] | None, str]:
+    """(the server, its /v1/messages URL, client headers with a fresh key), or None and why."""
+    stem = "tollway" if with_openai else "tollway-without-openai"
     port = free_port()
-    config = tmp / "tollway.toml"
-    write_tollway_config(config, tmp, port, fake_port)
+    config = tmp / f"{stem}.toml"
+    write_tollway_config(
+        config, tmp, port, fake_port, (OPENAI_CLIENT_MODEL, OPENAI_UPSTREAM_MODEL) if with_openai else None
+    )
     setup, why = create_tollway_key(tollway_candidates(REPO, py), config)
     if setup is None:
         return None, f"`keys create` failed with every launcher:\n{why}"
-    gateway = Server("tollway", [*setup.command, "serve", "--config", str(config)], tmp / "tollway.log", setup.env)
+    gateway = Server("tollway", [*setup.command, "serve", "--config", str(config)], tmp / f"{stem}.log", setup.env)
     servers.append(gateway)
     gateway.start()
     try:
@@ -136,8 +177,7 @@ def start_tollway(tmp: Path, fake_port: int, servers: list[Server], py: str) -> 
     except RuntimeError as exc:
         gateway.stop()
         return None, str(exc)
-    url = f"http://127.0.0.1:{port}/v1/messages"
-    return Target("tollway", url, client_headers(setup.api_key), gateway), ""
+    return (gateway, f"http://127.0.0.1:{port}/v1/messages", client_headers(setup.api_key)), ""
 
 
 @dataclass(frozen=True)
@@ -195,67 +235,19 @@ async def measure(targets: list[Target], fake: Server, args: argparse.Namespace)
                 warmup = max(c, min(200, total // 10))
                 for t in targets:
                     stream = mode == "stream"
-                    await run_load(session, t.url, t.headers, stream, c, warmup, args.cell_timeout)
+                    await run_load(session, t.url, t.headers, t.workload, stream, c, warmup, args.cell_timeout)
                     cpu0, up0, gen0 = cpu_of(t.process), cpu_of(fake), _own_cpu()
-                    res = await run_load(session, t.url, t.headers, stream, c, total, args.cell_timeout)
+                    res = await run_load(session, t.url, t.headers, t.workload, stream, c, total, args.cell_timeout)
                     cpu, up, gen = cpu_of(t.process) - cpu0, cpu_of(fake) - up0, _own_cpu() - gen0
                     cell = summarise(t, mode, c, res, cpu, up, gen)
                     cells.append(cell)
                     print(
-                        f"  {t.name:8} {mode:10} c={c:<3} {cell['rps']:>9} req/s  p50 {cell['p50_ms']} ms  "
+                        f"  {t.name:14} {mode:10} c={c:<3} {cell['rps']:>9} req/s  p50 {cell['p50_ms']} ms  "
                         f"p99 {cell['p99_ms']} ms  errors {cell['errors']}  cpu {cell['cpu_us_per_req']} us/req "
                         f"(sched {cell['cpu_sched_us_per_req']})",
                         flush=True,
                     )
     return cells
-
-
-def ratios(cells: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    by_key = {(c["target"], c["mode"], c["concurrency"]): c for c in cells}
-    out: dict[str, dict[str, float | None]] = {}
-    for (target, mode, conc), gw in by_key.items():
-        relay = by_key.get(("relay", mode, conc))
-        if target != "tollway" or relay is None:
-            continue
-
-        def div(key: str, num: dict[str, Any] = gw, den: dict[str, Any] = relay) -> float | None:
-            a, b = num.get(key), den.get(key)
-            return round(a / b, 2) if a is not None and b else None
-
-        out[f"{mode} c={conc}"] = {
-            "cpu_per_req": div("cpu_us_per_req"),
-            "cpu_sched_per_req": div("cpu_sched_us_per_req"),
-            "p50": div("p50_ms"),
-            "rps": div("rps"),
-        }
-    return out
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
-
-
-def markdown(cells: list[dict[str, Any]], rat: dict[str, dict[str, float | None]], skipped: dict[str, str]) -> str:
-    lines = [
-        "| target | mode | c | req/s | p50 ms | p99 ms | errors | CPU µs/req | sched µs/req | CPU of |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for c in cells:
-        row = (c["target"], c["mode"], c["concurrency"], c["rps"], c["p50_ms"], c["p99_ms"], c["errors"])
-        cpu = (c["cpu_us_per_req"], c["cpu_sched_us_per_req"], c["cpu_process"])
-        lines.append("| " + " | ".join(_fmt(v) for v in (*row, *cpu)) + " |")
-    if rat:
-        lines += ["", "| Tollway ÷ bare relay | CPU/req | sched CPU/req | p50 | req/s |", "|---|--:|--:|--:|--:|"]
-        for k, v in rat.items():
-            cols = (v["cpu_per_req"], v["cpu_sched_per_req"], v["p50"], v["rps"])
-            lines.append(f"| {k} | " + " | ".join(_fmt(x) for x in cols) + " |")
-    for name, why in skipped.items():
-        lines += ["", f"**{name} skipped:**", "```", why, "```"]
-    samples = [(c, s) for c in cells for s in c["error_samples"]]
-    if samples:
-        lines += ["", "Error samples:"]
-        lines += [f"- {c['target']} {c['mode']} c={c['concurrency']}: {s}" for c, s in samples]
-    return "\n".join(lines)
 
 
 def git_commit() -> str | None:
@@ -282,8 +274,8 @@ def main() -> int:
         print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} targets={[t.name for t in targets]} tmp={tmp}")
         started = time.monotonic()
         cells = uvloop.run(measure(targets, servers[0], args))
-        rat = ratios(cells)
-        print("\n" + markdown(cells, rat, skipped) + "\n")
+        rat, trans = ratios(cells), translation(cells)
+        print("\n" + markdown(cells, rat, trans, skipped) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(),
@@ -295,7 +287,7 @@ def main() -> int:
             "tollway_command": next((s.argv for s in servers if s.name == "tollway"), None),
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"meta": meta, "cells": cells, "ratios": rat, "skipped": skipped}
+        doc = {"meta": meta, "cells": cells, "ratios": rat, "translation": trans, "skipped": skipped}
         RESULTS.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"wrote {RESULTS.relative_to(REPO)}")
         return 1 if any(c["errors"] for c in cells) else 0

@@ -4,8 +4,9 @@ Tollway does not forward client headers to OpenAI-compatible upstreams, so the s
 text of the last user message, as ``[scenario:NAME]``:
 
 - none: an echo of that text (streamed as OpenAI does: role chunk, content pieces, finish chunk, then a
-  usage-only chunk and ``[DONE]``), with ``USAGE``; with tools and no tool answer yet, a call of the
-  first tool with ``TOOL_ARGS``; after a tool answer, text quoting it;
+  usage-only chunk and ``[DONE]``), with ``USAGE``; with tools and no tool answer yet, a call of ``Bash``
+  (else the first tool) with ``{"command": "echo MARKER"}``, MARKER being a ``tollway-marker-HEX`` word of
+  the prompt or else its whole text; after a tool answer, text quoting it;
 - ``sse:NAME`` / ``json:NAME``: the recorded ``fixtures/openai/NAME.sse`` / ``.json``, byte for byte;
 - ``error:STATUS:NAME``: that status with ``fixtures/openai/NAME.json`` and ``retry-after: 3``;
 - ``die:N``: N chunks of the echo stream, then the connection drops;
@@ -27,6 +28,8 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
 USAGE = {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59,
          "prompt_tokens_details": {"cached_tokens": 20}}
 SCENARIO = re.compile(r"\[scenario:([^\]]+)\]")
+# A marker word in a longer prompt (Claude Code adds its own text around the user's).
+MARKER = re.compile(r"tollway-marker-[0-9a-f]+")
 
 
 def _text_of(content: Any) -> str:
@@ -88,8 +91,11 @@ class FakeOpenAI:
             message["content"] = "The tool said: " + _text_of(answers[-1]["content"])
             finish = "stop"
         elif tools:
-            name = tools[0]["function"]["name"]
-            marker = SCENARIO.sub("", _text_of(messages[-1].get("content"))).strip()
+            names = [t["function"]["name"] for t in tools]
+            name = "Bash" if "Bash" in names else names[0]
+            text = _text_of(messages[-1].get("content"))
+            found = MARKER.search(text)
+            marker = found.group(0) if found else SCENARIO.sub("", text).strip()
             arguments = orjson.dumps({"command": f"echo {marker}"}).decode()
             message["tool_calls"] = [{"id": "call_fake_1", "type": "function",
                                       "function": {"name": name, "arguments": arguments}}]
@@ -142,3 +148,17 @@ class FakeOpenAI:
             return response
         await response.write_eof()
         return response
+
+
+class FakeOpenAIServer:
+    """The fake, served on a loopback port."""
+
+    def __init__(self) -> None:
+        from tests.support.loop_thread import AppServer
+
+        self.fake = FakeOpenAI()
+        self.server = AppServer(self.fake.app(), "fake-openai")
+        self.url = self.server.url
+
+    def close(self) -> None:
+        self.server.close()

@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import Gateway
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.loop_thread import AppServer
+from tests.support.fake_openai import FakeOpenAIServer
 from tollway.config import parse_config
 
 TOOLS: list[Any] = [{"name": "Bash", "description": "Run a command",
@@ -23,25 +22,19 @@ TOOLS: list[Any] = [{"name": "Bash", "description": "Run a command",
                     {"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
 
 
-class OpenAISide:
-    def __init__(self) -> None:
-        self.fake = FakeOpenAI()
-        self.server = AppServer(self.fake.app(), "fake-openai")
-
-
 @pytest.fixture(scope="module")
-def openai_side() -> Iterator[OpenAISide]:
-    side = OpenAISide()
+def openai_side() -> Iterator[FakeOpenAIServer]:
+    side = FakeOpenAIServer()
     yield side
-    side.server.close()
+    side.close()
 
 
 @pytest.fixture(scope="module")
-def gw(openai_side: OpenAISide, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(openai_side: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     db: Path = tmp_path_factory.mktemp("oa") / "t.db"
     raw = {
         "storage": {"url": f"sqlite:///{db}", "flush_interval": 0.05},
-        "upstreams": [{"name": "oa", "kind": "openai", "base_url": openai_side.server.url + "/v1",
+        "upstreams": [{"name": "oa", "kind": "openai", "base_url": openai_side.url + "/v1",
                        "api_keys": ["sk-upstream"], "family": "generic"}],
         "models": [{"name": "claude-sonnet-4-6", "targets": [{"upstream": "oa", "model": "gpt-test"}]}],
     }
@@ -64,7 +57,7 @@ def tag() -> str:
     return "m" + uuid.uuid4().hex[:12]
 
 
-def test_text_non_stream(sdk: anthropic.Anthropic, openai_side: OpenAISide, gw: Gateway) -> None:
+def test_text_non_stream(sdk: anthropic.Anthropic, openai_side: FakeOpenAIServer, gw: Gateway) -> None:
     marker = tag()
     raw = sdk.messages.with_raw_response.create(model="claude-sonnet-4-6", max_tokens=100, system="be brief",
                                                 messages=say(marker))
@@ -88,7 +81,7 @@ def test_text_non_stream(sdk: anthropic.Anthropic, openai_side: OpenAISide, gw: 
     assert (row.upstream, row.upstream_model, row.status) == ("oa", "gpt-test", 200)
 
 
-def test_text_stream_through_sdk_helpers(sdk: anthropic.Anthropic, openai_side: OpenAISide, gw: Gateway) -> None:
+def test_text_stream_through_sdk_helpers(sdk: anthropic.Anthropic, openai_side: FakeOpenAIServer, gw: Gateway) -> None:
     marker = tag()
     with sdk.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=say(marker)) as stream:
         text = "".join(stream.text_stream)
@@ -106,6 +99,7 @@ def test_text_stream_through_sdk_helpers(sdk: anthropic.Anthropic, openai_side: 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_call(sdk: anthropic.Anthropic, stream: bool) -> None:
     marker = tag()
+    message: anthropic.types.Message
     if stream:
         with sdk.messages.stream(model="claude-sonnet-4-6", max_tokens=100, tools=TOOLS,
                                  messages=say(marker)) as s:
@@ -119,7 +113,7 @@ def test_tool_call(sdk: anthropic.Anthropic, stream: bool) -> None:
     assert block.id
 
 
-def test_tool_result_turn(sdk: anthropic.Anthropic, openai_side: OpenAISide) -> None:
+def test_tool_result_turn(sdk: anthropic.Anthropic, openai_side: FakeOpenAIServer) -> None:
     marker = tag()
     messages: list[Any] = [
         {"role": "user", "content": f"run it {marker}"},
@@ -212,7 +206,7 @@ def test_pings_while_the_upstream_is_silent(gw: Gateway, sdk: anthropic.Anthropi
     assert events[0] == "message_start" and events[-1] == "message_stop"
 
 
-def test_count_tokens_is_a_local_estimate(sdk: anthropic.Anthropic, openai_side: OpenAISide) -> None:
+def test_count_tokens_is_a_local_estimate(sdk: anthropic.Anthropic, openai_side: FakeOpenAIServer) -> None:
     before = len(openai_side.fake.received)
     short = sdk.messages.count_tokens(model="claude-sonnet-4-6", messages=say("hello"))
     long = sdk.messages.count_tokens(model="claude-sonnet-4-6", messages=say("hello " * 500), tools=TOOLS)
