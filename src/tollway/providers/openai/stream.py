@@ -168,7 +168,11 @@ class StreamTranslator:
         if self._ended:
             return out
         for block in self._decoder.feed_blocks(chunk):
-            self._event(parse_block(block), out)
+            if block.startswith(b"data: ") and b"\n" not in block:
+                # Nearly every chunk is one ``data:`` line: read it without the general SSE parse.
+                self._data(block[6:], out)
+            else:
+                self._event(parse_block(block), out)
             if self._ended:
                 break
         return out
@@ -211,7 +215,10 @@ class StreamTranslator:
                 payload = {"message": data}
             self._fail(payload.get("error", payload) if isinstance(payload, dict) else payload, out)
             return
-        if data == "[DONE]":
+        self._data(data, out)
+
+    def _data(self, data: str | bytes, out: list[bytes]) -> None:
+        if data.strip() in ("[DONE]", b"[DONE]"):
             self._end_message(out)
             return
         try:
@@ -246,6 +253,11 @@ class StreamTranslator:
             self._close(out)
 
     def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+        if len(delta) == 1 and type(delta.get("content")) is str:
+            # The common case by far, a bare text delta, skips the general checks below.
+            if delta["content"]:
+                self._push(_Piece("text", delta["content"]), out)
+            return
         text, part_reasoning = split_content(delta.get("content"))
         reasoning = reasoning_of(delta) or part_reasoning
         if reasoning:
