@@ -430,3 +430,10 @@ def test_openai_switch_errors(extra: dict[str, object], message: str) -> None:
 def test_openai_switches_refused_on_other_kinds() -> None:
     raw = minimal(upstreams=[{"name": "mock", "kind": "mock", "family": "openai"}])
     assert config_error(raw) == 'conf.toml: upstreams[0].family: only applies to kind = "openai"'
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "tollway.example.toml"
+    config = load_config(str(example), {"ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "d"})
+    assert {u.kind for u in config.upstreams} == {"anthropic", "openai", "mock"}
+    assert config.upstream("deepseek").openai is not None
