@@ -218,8 +218,8 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
         (minimal(upstreams=[{"name": "mock", "kind": "mock", "key": "x"}]), "conf.toml: upstreams[0].key: unknown key"),
         (minimal(upstreams=[{"name": "mock", "kind": "mock", "timeout": {"read": 1}}]),
          "conf.toml: upstreams[0].timeout.read: unknown key"),
-        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock", "weight": 2}]}]),
-         "conf.toml: models[0].targets[0].weight: unknown key"),
+        (minimal(models=[{"name": "m", "targets": [{"upstream": "mock", "cost": 2}]}]),
+         "conf.toml: models[0].targets[0].cost: unknown key"),
         (minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}], "alias": "x"}]),
          "conf.toml: models[0].alias: unknown key"),
     ],
@@ -437,3 +437,21 @@ def test_the_shipped_example_config_is_valid() -> None:
     config = load_config(str(example), {"ANTHROPIC_API_KEY": "a", "DEEPSEEK_API_KEY": "d"})
     assert {u.kind for u in config.upstreams} == {"anthropic", "openai", "mock"}
     assert config.upstream("deepseek").openai is not None
+
+
+def test_routing_keys() -> None:
+    raw = minimal(models=[{"name": "m", "retry": {"attempts": 3, "backoff": 0.2},
+                           "targets": [{"upstream": "mock", "weight": 3}, {"upstream": "mock", "priority": 2}]}])
+    model = parse(raw).models[0]
+    assert [(t.weight, t.priority) for t in model.targets] == [(3.0, 1), (1.0, 2)]
+    assert (model.retry.attempts, model.retry.backoff) == (3, 0.2)
+    assert parse(minimal()).models[0].retry.attempts is None
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ({"weight": 0}, "models[0].targets[0].weight: must be greater than 0"),
+    ({"priority": 0}, "models[0].targets[0].priority: must be at least 1"),
+])
+def test_routing_key_errors(target: dict[str, object], message: str) -> None:
+    raw = minimal(models=[{"name": "m", "targets": [{"upstream": "mock", **target}]}])
+    assert message in config_error(raw)

@@ -52,6 +52,8 @@ class UpstreamConfig:
     timeout_connect: float = 10.0
     timeout_first_byte: float = 600.0
     timeout_idle: float = 300.0
+    max_concurrency: int | None = None
+    """Requests in flight to this upstream at most; past it, other targets are tried."""
     openai: OpenAIOptions | None = None
     """For ``kind = "openai"``: the switches for that server family."""
 
@@ -61,6 +63,18 @@ class TargetConfig:
     upstream: str
     model: str | None = None
     """The name the upstream knows the model by; None keeps the client's name."""
+    weight: float = 1.0
+    """Share of traffic among the targets of the same priority."""
+    priority: int = 1
+    """Lower goes first; a priority is used only when every target of the ones before has no capacity left."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    attempts: int | None = None
+    """Tries in all; None means each healthy target once."""
+    backoff: float = 0.5
+    """Seconds before a second round over the same targets, doubled each round."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,7 @@ class ModelConfig:
     created_at: str | None = None
     max_tokens: int | None = None
     """Largest max_tokens accepted; defaults to the catalog's cap for known models."""
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +265,7 @@ _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {
 
 
 def _parse_upstream(u: _Reader) -> UpstreamConfig:
-    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "family", *_OPENAI_SWITCHES})
+    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "max_concurrency", "family", *_OPENAI_SWITCHES})
     kind = u.string("kind")
     if kind not in UPSTREAM_KINDS:
         raise u.fail("kind", f"must be one of {', '.join(UPSTREAM_KINDS)} (got {kind!r})")
@@ -278,6 +293,7 @@ def _parse_upstream(u: _Reader) -> UpstreamConfig:
         timeout_connect=t.number("connect", 10.0, minimum=0.001),
         timeout_first_byte=t.number("first_byte", 600.0, minimum=0.001),
         timeout_idle=t.number("idle", 300.0, minimum=0.001),
+        max_concurrency=u.integer("max_concurrency", None, minimum=1) if "max_concurrency" in u.data else None,
         openai=openai,
     )
 
@@ -305,18 +321,26 @@ def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
 
 
 def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
-    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens"})
+    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry"})
     name = m.string("name")
     targets = []
     for t in m.tables("targets"):
-        t.check_keys({"upstream", "model"})
+        t.check_keys({"upstream", "model", "weight", "priority"})
         upstream = t.string("upstream")
         if upstream not in upstream_names:
             known = ", ".join(sorted(upstream_names)) or "none is configured"
             raise t.fail("upstream", f"no upstream named {upstream!r} (known: {known})")
-        targets.append(TargetConfig(upstream=upstream, model=t.optional_string("model")))
+        weight = t.number("weight", 1.0, minimum=0.0)
+        if weight <= 0:
+            raise t.fail("weight", "must be greater than 0")
+        targets.append(TargetConfig(upstream=upstream, model=t.optional_string("model"), weight=weight,
+                                    priority=t.integer("priority", 1, minimum=1)))
     if not targets:
         raise m.fail("targets", "at least one target is required")
     max_tokens = m.integer("max_tokens", None, minimum=1) if "max_tokens" in m.data else None
+    r = m.table("retry")
+    r.check_keys({"attempts", "backoff"})
+    retry = RetryConfig(attempts=r.integer("attempts", None, minimum=1, maximum=20) if "attempts" in r.data else None,
+                        backoff=r.number("backoff", 0.5))
     return ModelConfig(name=name, targets=tuple(targets), display_name=m.optional_string("display_name"),
-                       created_at=m.optional_string("created_at"), max_tokens=max_tokens)
+                       created_at=m.optional_string("created_at"), max_tokens=max_tokens, retry=retry)
