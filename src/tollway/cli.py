@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import re
 import sys
+import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key (takes effect within seconds)")
     revoke.add_argument("id")
 
+    upstreams = sub.add_parser("upstreams", parents=[common], help="health and rests of a running gateway's upstreams")
+    upstreams.add_argument("--url", help="the gateway's base URL (default: from the config's server section)")
+
     usage = sub.add_parser("usage", parents=[common], help="requests, tokens and cost per key and model")
     usage.add_argument("--key", help="a key id or name")
     usage.add_argument("--since", type=_parse_since, help="24h, 7d, or an ISO date")
@@ -69,10 +74,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tollway.server import serve
 
             return serve(config, host=args.host, port=args.port)
+        if args.command == "upstreams":
+            return _upstreams(args.url or _local_url(config))
         return asyncio.run(_run_store_command(args, config))
     except ConfigError as exc:
         print(f"tollway: config error: {exc}", file=sys.stderr)
         return 2
+
+
+def _local_url(config: Config) -> str:
+    host = config.server.host
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{config.server.port}"
+
+
+def _upstreams(url: str) -> int:
+    """One line per upstream and per key, from the running gateway's /healthz (the state lives there)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=5) as response:
+            health = json.load(response)
+    except (OSError, ValueError) as exc:
+        print(f"tollway: cannot read {url}/healthz: {exc}", file=sys.stderr)
+        return 1
+    print("upstream            key  state    resting_s  failures  ok      errors  in_flight  last_error")
+    for up in health.get("upstreams", []):
+        print(f"{up['upstream']:<19} {'*':<4} {up['state']:<8} {up['resting_s']:>9}  {up['failures']:>8}  "
+              f"{up['successes']:<7} {up['errors']:<7} {up['in_flight']:>9}  {up['last_error'] or ''}")
+        for key in up["keys"]:
+            state = "limited" if key["rate_limited"] else ("resting" if key["resting_s"] else "ok")
+            print(f"{'':<19} {key['key']:<4} {state:<8} {key['resting_s']:>9}  {key['failures']:>8}  "
+                  f"{key['successes']:<7} {key['errors']:<7} {'':>9}  {key['last_error'] or ''}")
+    return 0
 
 
 async def _run_store_command(args: argparse.Namespace, config: Config) -> int:

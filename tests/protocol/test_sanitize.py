@@ -7,7 +7,12 @@ from typing import Any
 
 import orjson
 
-from tollway.protocol.sanitize import drop_foreign_thinking, needs_sanitizing
+from tollway.protocol.sanitize import (
+    drop_foreign_thinking,
+    drop_signed_thinking,
+    has_signed_thinking,
+    needs_sanitizing,
+)
 
 REAL = {"type": "thinking", "thinking": "real", "signature": "EqQBCgIYAhIM"}
 SYNTHETIC = {"type": "thinking", "thinking": "from deepseek", "signature": "tollway1:ab12"}
@@ -54,3 +59,20 @@ def test_thinking_only_turn_keeps_a_placeholder() -> None:
     assert drop_foreign_thinking(body)
     assert body["messages"][1]["content"] == [{"type": "text", "text": "(thinking omitted)"}]
     assert body["thinking"]["type"] == "disabled"
+
+
+def test_spaced_json_is_recognised() -> None:
+    # Python's json module writes ": " between keys and values; the byte test must not depend on spacing.
+    import json
+
+    body = conversation([SYNTHETIC, {"type": "text", "text": "a"}])
+    assert needs_sanitizing(json.dumps(body).encode())
+
+
+def test_drop_signed_thinking_removes_real_and_redacted_blocks() -> None:
+    redacted = {"type": "redacted_thinking", "data": "opaque"}
+    body = conversation([REAL, redacted, {"type": "text", "text": "a"}])
+    assert has_signed_thinking(orjson.dumps(body))
+    assert drop_signed_thinking(body)
+    assert body["messages"][1]["content"] == [{"type": "text", "text": "a"}]
+    assert not has_signed_thinking(orjson.dumps(body))

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from tollway.store import KeyRecord, SQLStore, UsageRecord, UsageSummary, open_store
+from tollway.store.sql import HEAD_REVISION
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -51,10 +52,10 @@ async def test_migrate_twice_is_idempotent(tmp_path: Path) -> None:
     s = open_store(f"sqlite:///{path}")
     try:
         await s.migrate()
-        assert await s.revision() == "0001"
+        assert await s.revision() == HEAD_REVISION
         await s.insert_key(key("key_a", "a"))
         await s.migrate()
-        assert await s.revision() == "0001"
+        assert await s.revision() == HEAD_REVISION
         assert [k.id for k in await s.list_keys()] == ["key_a"]  # data survives the second migrate
     finally:
         await s.close()
@@ -62,7 +63,7 @@ async def test_migrate_twice_is_idempotent(tmp_path: Path) -> None:
     again = open_store(f"sqlite:///{path}")
     try:
         await again.migrate()
-        assert await again.revision() == "0001"
+        assert await again.revision() == HEAD_REVISION
         assert [k.name for k in await again.list_keys()] == ["a"]
     finally:
         await again.close()

@@ -10,12 +10,18 @@ concurrent tests never share state:
 - ``html:STATUS``: that status with a body no Anthropic client could parse;
 - ``die:N``: a stream that sends N events and then drops the connection;
 - ``hang``: a stream that sends ``message_start`` and then nothing, until its client leaves;
-- ``slow:MS``: the echo stream with MS milliseconds between events.
+- ``slow:MS``: the echo stream with MS milliseconds between events;
+- ``stall:SECONDS``: nothing at all (no status line) for that long, then the echo answer.
+
+A test can also force a scenario on one fake, whatever the header says: ``force`` (for the next
+``force_count`` requests, or all when None), optionally only for requests made with ``force_key``;
+``fail_rate`` fails that share of requests with a 500, drawn from a seeded generator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,28 @@ class FakeAnthropic:
     received: list[Received] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     """Scenarios whose handler was cancelled because the client (Tollway) hung up."""
+    force: str | None = None
+    force_count: int | None = None
+    force_key: str | None = None
+    retry_after: str = "7"
+    should_retry: str | None = None
+    fail_rate: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def reset(self) -> None:
+        self.force = self.force_count = self.force_key = self.should_retry = None
+        self.retry_after, self.fail_rate = "7", 0.0
+
+    def _scenario(self, item: Received) -> str:
+        if self.fail_rate and self.rng.random() < self.fail_rate:
+            return "error:500:error_529_overloaded"
+        if self.force is not None and (self.force_key is None or item.headers.get("x-api-key") == self.force_key):
+            if self.force_count is None:
+                return self.force
+            if self.force_count > 0:
+                self.force_count -= 1
+                return self.force
+        return item.headers.get("x-fake-scenario", "")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -75,7 +103,7 @@ class FakeAnthropic:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         item = await self._record(request)
-        scenario = item.headers.get("x-fake-scenario", "")
+        scenario = self._scenario(item)
         kind, _, arg = scenario.partition(":")
         try:
             if kind == "sse":
@@ -84,11 +112,17 @@ class FakeAnthropic:
                 return web.Response(body=(FIXTURES / f"{arg}.json").read_bytes(), content_type="application/json")
             if kind == "error":
                 status, _, name = arg.partition(":")
+                headers = {"retry-after": self.retry_after}
+                if self.should_retry is not None:
+                    headers["x-should-retry"] = self.should_retry
                 return web.Response(status=int(status), body=(FIXTURES / f"{name}.json").read_bytes(),
-                                    content_type="application/json", headers={"retry-after": "7"})
+                                    content_type="application/json", headers=headers)
             if kind == "html":
                 return web.Response(status=int(arg), text="<html>Bad gateway</html>", content_type="text/html")
             body = item.json
+            if kind == "stall":
+                await asyncio.sleep(float(arg))
+                return await self._echo(request, body)
             if kind == "die":
                 return await self._die(request, body, int(arg))
             if kind == "hang":

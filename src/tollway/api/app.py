@@ -16,6 +16,8 @@ from tollway.api.errors import error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
 from tollway.api.models import get_model, list_models
 from tollway.config import Config
+from tollway.routing.health import HealthBoard
+from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import open_store
 
@@ -24,7 +26,8 @@ log = logging.getLogger("tollway")
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending}
+    body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending,
+            "upstreams": services.health.snapshot(services.table.key_counts())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -50,7 +53,9 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await keys.start()
         await ledger.start()
         await table.start()
-        app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table)
+        health = HealthBoard()
+        app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
+                                 router=Router(table, health))
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
         gc.collect()

@@ -9,6 +9,8 @@ from aiohttp import web
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.config import Config
+from tollway.routing.health import HealthBoard
+from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import SQLStore
 
@@ -20,6 +22,8 @@ class Services:
     keys: KeyCache
     ledger: UsageLedger
     table: RoutingTable
+    health: HealthBoard
+    router: Router
     open_streams: int = 0
 
 

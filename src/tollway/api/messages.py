@@ -33,7 +33,10 @@ from tollway.errors import (
 from tollway.protocol.sse import encode_event
 from tollway.protocol.usage import Usage
 from tollway.protocol.validate import validate_request
-from tollway.providers import Provider, UpstreamCall, UpstreamReply
+from tollway.providers import UpstreamReply
+from tollway.routing.router import Request as RouterRequest
+from tollway.routing.router import Try
+from tollway.routing.table import Route
 from tollway.store import KeyRecord, UsageRecord
 
 log = logging.getLogger("tollway.messages")
@@ -68,6 +71,7 @@ class Outcome:
     stream: bool = False
     usage: Usage | None = None
     first_byte_at: float | None = None
+    tries: list[Try] | None = None
 
     def fail(self, status: int, error_type: str | None) -> None:
         self.status, self.error_type = status, error_type
@@ -85,6 +89,9 @@ class Outcome:
             cache_creation_5m=u.cache_creation_5m, cache_creation_1h=u.cache_creation_1h,
             latency_ms=(now - self.started) * 1000,
             ttfb_ms=None if self.first_byte_at is None else (self.first_byte_at - self.started) * 1000,
+            # One try is the row itself; more are listed, so a failover can be audited.
+            tries=orjson.dumps([t.as_json() for t in self.tries]).decode() if self.tries and (
+                len(self.tries) > 1 or self.status >= 400) else None,
         )
 
 
@@ -114,8 +121,8 @@ async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
 
 
-async def admit(request: web.Request, services: Services, outcome: Outcome) -> tuple[UpstreamCall, Provider]:
-    """Check the request in the real API's order; return the call to make and who gets it."""
+async def admit(request: web.Request, services: Services, outcome: Outcome) -> tuple[Route, RouterRequest]:
+    """Check the request in the real API's order; return its route and what the router needs."""
     outcome.key = key = await authenticate(request, services.keys)
     body, payload = await read_json(request, services.config.server.max_body_bytes)
     headers = forwarded_headers(request)
@@ -129,15 +136,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         raise NotFound(f"model: {info.model}")
     if not may_use(key, info.model):
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
-    target = services.table.pick(route)
-    if target.rewrite:
-        payload["model"] = target.model
-        body = orjson.dumps(payload)
-    outcome.upstream, outcome.upstream_model = target.provider.name, target.model
-    call = UpstreamCall(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
-                        query=request.query_string, model=target.model, client_model=info.model,
-                        stream=outcome.stream, api_key=services.table.api_key(target.provider))
-    return call, target.provider
+    return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
+                                query=request.query_string, client_model=info.model, stream=outcome.stream)
 
 
 def reply_error(reply: UpstreamReply, upstream: str) -> TollwayError | None:
@@ -171,8 +171,11 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     outcome = Outcome(endpoint=endpoint, started=time.monotonic())
     reply: UpstreamReply | None = None
     try:
-        call, provider = await admit(request, services, outcome)
-        reply = await provider.send(call)
+        route, routed = await admit(request, services, outcome)
+        outcome.tries = routed.tries
+        reply, candidate = await services.router.send(route, routed)
+        provider = candidate.provider
+        outcome.upstream, outcome.upstream_model = provider.name, candidate.target.model
         outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         if reply.chunks is not None:
             return await _stream(request, services, reply, outcome, request_id)
@@ -193,6 +196,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if reply is not None:
             await reply.aclose()
             outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
+        elif outcome.tries:
+            outcome.upstream = outcome.tries[-1].upstream
         services.ledger.record(outcome.row(request_id))
 
 

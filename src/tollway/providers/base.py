@@ -8,7 +8,7 @@ upstream the same way, and a provider that translates (OpenAI) reports usage wit
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tollway.config import UpstreamConfig
@@ -49,11 +49,18 @@ class UpstreamReply:
     """True once a stream has ended with ``message_stop``."""
     upstream_error: str | None = None
     """The Anthropic error type the upstream sent, in its error body or its stream."""
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
+    """Run once the reply is done with (the router's bookkeeping: in-flight counts, health)."""
 
     async def aclose(self) -> None:
         closer = getattr(self.chunks, "aclose", None)
-        if closer is not None:
-            await closer()
+        try:
+            if closer is not None:
+                await closer()
+        finally:
+            for finalize in self.finalizers:
+                finalize()
+            self.finalizers.clear()
 
 
 class Provider(ABC):

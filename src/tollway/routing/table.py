@@ -1,12 +1,10 @@
-"""Which upstream serves a model: the routing table built once from the config."""
+"""Which upstreams serve a model: the routing table built once from the config."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tollway.config import Config, ModelConfig
+from tollway.config import Config, ModelConfig, RetryConfig
 from tollway.protocol.catalog import CATALOG
 from tollway.providers import Provider, build_provider
 
@@ -18,6 +16,8 @@ class Target:
     """The model name sent upstream."""
     rewrite: bool
     """Whether that name differs from the client's, so the body must be re-encoded."""
+    weight: float = 1.0
+    priority: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,22 +28,21 @@ class Route:
     display_name: str
     created_at: str
     max_input_tokens: int | None
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
 
 class RoutingTable:
     def __init__(self, config: Config) -> None:
         self.providers: dict[str, Provider] = {u.name: build_provider(u) for u in config.upstreams}
         self.routes: dict[str, Route] = {m.name: self._route(m) for m in config.models}
-        # Upstream keys are spread round-robin; a pool with cooldowns comes with the routing issue.
-        self._keys: dict[str, Iterator[str]] = {
-            u.name: itertools.cycle(u.api_keys or ("",)) for u in config.upstreams
-        }
+        # An upstream with no keys (the mock) still has one slot, so every target has a key to choose.
+        self._keys: dict[str, tuple[str, ...]] = {u.name: u.api_keys or ("",) for u in config.upstreams}
 
     def _route(self, model: ModelConfig) -> Route:
         info = CATALOG.get(model.name)
         targets = tuple(
             Target(provider=self.providers[t.upstream], model=t.model or model.name,
-                   rewrite=bool(t.model) and t.model != model.name)
+                   rewrite=bool(t.model) and t.model != model.name, weight=t.weight, priority=t.priority)
             for t in model.targets
         )
         return Route(
@@ -53,13 +52,14 @@ class RoutingTable:
             display_name=model.display_name or (info.display_name if info else model.name),
             created_at=model.created_at or (info.created_at if info else "1970-01-01T00:00:00Z"),
             max_input_tokens=info.max_input_tokens if info else None,
+            retry=model.retry,
         )
 
-    def pick(self, route: Route) -> Target:
-        return route.targets[0]
+    def keys(self, provider: Provider) -> tuple[str, ...]:
+        return self._keys[provider.name]
 
-    def api_key(self, provider: Provider) -> str:
-        return next(self._keys[provider.name])
+    def key_counts(self) -> dict[str, int]:
+        return {name: len(keys) for name, keys in self._keys.items()}
 
     async def start(self) -> None:
         for provider in self.providers.values():

@@ -52,6 +52,8 @@ class UsageRecord(NamedTuple):
     cache_creation_1h: int = 0
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
+    tries: str | None = None
+    """JSON list of the upstream tries when there was more than one or the request failed."""
 
 
 @dataclass(frozen=True, slots=True)

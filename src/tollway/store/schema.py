@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -53,6 +54,7 @@ usage = Table(
     Column("cache_creation_1h", Integer, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("ttfb_ms", Float, nullable=True),
+    Column("tries", Text, nullable=True),
     Index("ix_usage_key_created", "key_id", "created_at"),
     Index("ix_usage_created", "created_at"),
 )

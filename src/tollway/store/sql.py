@@ -20,7 +20,7 @@ from tollway.store import schema
 from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def async_url(url: str) -> str:

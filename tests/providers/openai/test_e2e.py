@@ -43,6 +43,13 @@ def gw(openai_side: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) 
     gateway.server.close()
 
 
+@pytest.fixture(autouse=True)
+def fresh_health(gw: Gateway) -> Iterator[None]:
+    # Upstream errors asked for by one test would rest the upstream for the next one.
+    yield
+    gw.services.health.reset()
+
+
 @pytest.fixture(scope="module")
 def sdk(gw: Gateway) -> anthropic.Anthropic:
     return gw.client(gw.create_key("oa"))

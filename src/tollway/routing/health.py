@@ -1,0 +1,94 @@
+"""Which upstreams and keys may take requests now: rests after failures, and requests in flight.
+
+A key that answers 429 (or refuses the gateway's credentials) is rested on its own: the upstream's other
+keys still serve. A failure of the upstream itself (no connection, a timeout, a 5xx or 529) rests every
+key of it. A rest lasts the upstream's ``retry-after`` when it gave one, else a backoff that starts at one
+second and doubles with each failure in a row, up to a minute. The first success ends the streak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Scope = Literal["key", "upstream"]
+BASE_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+
+
+@dataclass(slots=True)
+class Rest:
+    failures: int = 0
+    """Failures in a row."""
+    until: float = 0.0
+    """`time.monotonic()` at which the rest ends."""
+    rate_limited: bool = False
+    """The rest came from a 429: the upstream said it would refuse until then."""
+    last_error: str | None = None
+    successes: int = 0
+    errors: int = 0
+
+
+class HealthBoard:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._upstreams: dict[str, Rest] = {}
+        self._keys: dict[tuple[str, int], Rest] = {}
+        self.in_flight: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Forget every rest and streak (in-flight counts stay: those requests are still running)."""
+        self._upstreams.clear()
+        self._keys.clear()
+
+    def _rest(self, upstream: str, key: int | None) -> Rest:
+        if key is None:
+            return self._upstreams.setdefault(upstream, Rest())
+        return self._keys.setdefault((upstream, key), Rest())
+
+    def resting_for(self, upstream: str, key: int) -> float:
+        """Seconds until this key of this upstream may be tried again; 0 when it may now."""
+        now = self.clock()
+        ends = [r.until for r in (self._upstreams.get(upstream), self._keys.get((upstream, key))) if r]
+        return max([0.0, *(end - now for end in ends)])
+
+    def rate_limited(self, upstream: str, key: int) -> bool:
+        rest = self._keys.get((upstream, key))
+        return bool(rest and rest.rate_limited and rest.until > self.clock())
+
+    def succeeded(self, upstream: str, key: int) -> None:
+        for rest in (self._rest(upstream, None), self._rest(upstream, key)):
+            rest.failures, rest.until, rest.rate_limited = 0, 0.0, False
+            rest.successes += 1
+
+    def failed(self, upstream: str, key: int, *, scope: Scope, error: str, retry_after: float | None = None,
+               rate_limited: bool = False) -> float:
+        """Record a failure and rest the key or the whole upstream; returns the rest in seconds."""
+        rest = self._rest(upstream, key if scope == "key" else None)
+        rest.failures += 1
+        rest.errors += 1
+        rest.last_error = error
+        rest.rate_limited = rate_limited
+        delay = retry_after if retry_after is not None else min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (rest.failures - 1))
+        rest.until = max(rest.until, self.clock() + delay)
+        return delay
+
+    def snapshot(self, keys_per_upstream: dict[str, int]) -> list[dict[str, Any]]:
+        """The state of every upstream and key, for ``/healthz`` and ``tollway upstreams``."""
+        now = self.clock()
+        out = []
+        for name, count in keys_per_upstream.items():
+            up = self._upstreams.get(name, Rest())
+            keys = []
+            for i in range(count):
+                k = self._keys.get((name, i), Rest())
+                keys.append({"key": i, "resting_s": round(max(0.0, k.until - now), 3), "failures": k.failures,
+                             "rate_limited": k.rate_limited and k.until > now, "last_error": k.last_error,
+                             "successes": k.successes, "errors": k.errors})
+            resting = max(0.0, up.until - now)
+            out.append({"upstream": name, "state": "resting" if resting else "ok", "resting_s": round(resting, 3),
+                        "failures": up.failures, "last_error": up.last_error, "successes": up.successes,
+                        "errors": up.errors, "in_flight": self.in_flight.get(name, 0), "keys": keys})
+        return out

@@ -1,0 +1,219 @@
+"""Failover and rests, end to end: the SDK or raw HTTP -> Tollway -> fake upstreams told to fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import Gateway
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.loop_thread import AppServer
+from tollway.config import parse_config
+
+BODY = {"model": "claude-opus-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Fake:
+    def __init__(self, name: str) -> None:
+        self.fake = FakeAnthropic()
+        self.server = AppServer(self.fake.app(), name)
+        self.url = self.server.url
+
+    @property
+    def count(self) -> int:
+        return len(self.fake.received)
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[dict[str, Fake]]:
+    made = {name: Fake(name) for name in ("a", "b", "c")}
+    yield made
+    for f in made.values():
+        f.server.close()
+
+
+@pytest.fixture(autouse=True)
+def reset(fakes: dict[str, Fake]) -> None:
+    for f in fakes.values():
+        f.fake.reset()
+
+
+def upstream(name: str, url: str, keys: list[str] | None = None, **timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "kind": "anthropic", "base_url": url, "api_keys": keys or [f"key-{name}"]}
+    if timeout:
+        out["timeout"] = timeout
+    return out
+
+
+@pytest.fixture
+def gw(fakes: dict[str, Fake], tmp_path: Path) -> Iterator[Gateway]:
+    a, b, c = fakes["a"].url, fakes["b"].url, fakes["c"].url
+    raw = {
+        "storage": {"url": f"sqlite:///{tmp_path / 'r.db'}", "flush_interval": 0.05},
+        "upstreams": [
+            upstream("a", a), upstream("b", b), upstream("c", c),
+            upstream("pool", a, ["k1", "k2"]),
+            upstream("dead", "http://127.0.0.1:1"),
+            upstream("a-short", a, first_byte=0.3, idle=0.3),
+        ],
+        "models": [
+            # priority decides the order, so each test knows who is tried first
+            {"name": "claude-opus-4-6", "targets": [{"upstream": "a"}, {"upstream": "c", "priority": 2}]},
+            {"name": "claude-haiku-4-5-20251001",
+             "targets": [{"upstream": "dead"}, {"upstream": "a", "priority": 2}]},
+            {"name": "claude-sonnet-4-5-20250929",
+             "targets": [{"upstream": "a-short"}, {"upstream": "b", "priority": 2}]},
+            {"name": "claude-sonnet-4-6", "targets": [{"upstream": "pool"}]},
+            {"name": "claude-opus-4-5-20251101", "targets": [{"upstream": "a"}],
+             "retry": {"attempts": 3, "backoff": 0.01}},
+            {"name": "claude-3-7-sonnet-20250219",
+             "targets": [{"upstream": "a"}, {"upstream": "b"}, {"upstream": "c"}]},
+        ],
+    }
+    gateway = Gateway(parse_config(raw, "routing tests", {}))
+    yield gateway
+    gateway.server.close()
+
+
+def post(gw: Gateway, secret: str, body: dict[str, Any] | None = None, **fields: Any) -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/messages", json={**(body or BODY), **fields}, headers={"x-api-key": secret},
+                      timeout=30)
+
+
+def tries(gw: Gateway, r: httpx.Response) -> list[tuple[str, int]]:
+    row = gw.row(r.headers["request-id"])
+    if row.tries is None:
+        return [(row.upstream or "", row.status)]
+    return [(t["upstream"], t["status"]) for t in json.loads(row.tries)]
+
+
+def health(gw: Gateway) -> dict[str, Any]:
+    return {u["upstream"]: u for u in httpx.get(f"{gw.url}/healthz").json()["upstreams"]}
+
+
+@pytest.mark.parametrize(("force", "status"), [("error:529:error_529_overloaded", 529),
+                                               ("error:500:error_529_overloaded", 500),
+                                               ("error:429:error_429_rate_limit", 429)])
+def test_failover_to_the_next_target_and_rest(gw: Gateway, fakes: dict[str, Fake], force: str, status: int) -> None:
+    secret = gw.create_key()
+    fakes["a"].fake.force = force
+    r = post(gw, secret)
+    assert r.status_code == 200, r.text
+    assert tries(gw, r) == [("a", status), ("c", 200)]
+    state = health(gw)["a"]
+    rested = state["keys"][0] if status == 429 else state
+    assert rested["resting_s"] > 5  # the upstream's retry-after: 7
+    # While a rests, requests go straight to c.
+    before = fakes["a"].count
+    assert post(gw, secret).status_code == 200
+    assert fakes["a"].count == before
+
+
+def test_connection_refused(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    r = post(gw, gw.create_key(), model="claude-haiku-4-5-20251001")
+    assert r.status_code == 200
+    assert tries(gw, r) == [("dead", 502), ("a", 200)]
+    assert health(gw)["dead"]["state"] == "resting"
+
+
+def test_hang_before_headers_times_out_and_fails_over(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "stall:5"
+    started = time.monotonic()
+    r = post(gw, gw.create_key(), model="claude-sonnet-4-5-20250929")
+    assert r.status_code == 200
+    assert time.monotonic() - started < 3
+    assert tries(gw, r) == [("a-short", 504), ("b", 200)]
+
+
+def test_upstream_that_dies_before_its_first_byte_is_failed_over(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "die:0"
+    r = post(gw, gw.create_key(), stream=True)
+    events = [line for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events.count("event: message_start") == 1 and events[-1] == "event: message_stop"
+    assert tries(gw, r) == [("a", 502), ("c", 200)]
+
+
+@pytest.mark.parametrize("force", ["die:3", "hang"])
+def test_failure_after_the_first_byte_is_never_failed_over(gw: Gateway, fakes: dict[str, Fake], force: str) -> None:
+    fakes["a"].fake.force = force
+    model = "claude-sonnet-4-5-20250929" if force == "hang" else "claude-opus-4-6"
+    before = fakes["b"].count + fakes["c"].count
+    r = post(gw, gw.create_key(), model=model, stream=True)
+    events = [line[7:] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events.count("message_start") == 1  # one answer, never two
+    assert events[-1] == "error" and events.count("error") == 1
+    assert fakes["b"].count + fakes["c"].count == before
+    error = orjson.loads(r.text.strip().splitlines()[-1][6:])
+    assert error["error"]["type"] == ("timeout_error" if force == "hang" else "api_error")
+
+
+def test_client_errors_are_not_retried(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "error:400:error_400_invalid_request_prompt_too_long"
+    before = fakes["c"].count
+    r = post(gw, gw.create_key())
+    assert r.status_code == 400
+    assert fakes["c"].count == before
+    assert health(gw)["a"]["state"] == "ok"
+
+
+def test_x_should_retry_false_is_honoured(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "error:529:error_529_overloaded"
+    fakes["a"].fake.should_retry = "false"
+    before = fakes["c"].count
+    r = post(gw, gw.create_key())
+    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    assert fakes["c"].count == before
+
+
+def test_retries_on_one_target_with_backoff(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force, fakes["a"].fake.force_count = "error:500:error_529_overloaded", 2
+    fakes["a"].fake.retry_after = "0"
+    r = post(gw, gw.create_key(), model="claude-opus-4-5-20251101")
+    assert r.status_code == 200, r.text
+    assert tries(gw, r) == [("a", 500), ("a", 500), ("a", 200)]
+
+
+def test_key_pool_rests_only_the_limited_key(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    secret = gw.create_key()
+    fakes["a"].fake.force, fakes["a"].fake.force_key = "error:429:error_429_rate_limit", "k1"
+    for _ in range(6):
+        assert post(gw, secret, model="claude-sonnet-4-6").status_code == 200
+    pool = health(gw)["pool"]
+    assert pool["keys"][0]["rate_limited"] is True and pool["keys"][1]["resting_s"] == 0
+    used = [r.headers["x-api-key"] for r in fakes["a"].fake.received[-3:]]
+    assert used == ["k2", "k2", "k2"]
+
+
+def test_every_key_rate_limited_gives_429_with_retry_after(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    secret = gw.create_key()
+    fakes["a"].fake.force, fakes["a"].fake.retry_after = "error:429:error_429_rate_limit", "30"
+    first = post(gw, secret, model="claude-sonnet-4-6")
+    assert first.status_code == 429  # both keys tried, both limited: the last answer is forwarded
+    before = fakes["a"].count
+    r = post(gw, secret, model="claude-sonnet-4-6")
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+    assert 25 <= int(r.headers["retry-after"]) <= 30
+    assert fakes["a"].count == before  # refused without bothering the upstream
+    with pytest.raises(anthropic.RateLimitError):
+        gw.client(secret).messages.create(model="claude-sonnet-4-6", max_tokens=5,
+                                          messages=[{"role": "user", "content": "x"}])
+
+
+def test_upstreams_command_shows_rests(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "error:529:error_529_overloaded"
+    post(gw, gw.create_key())
+    out = subprocess.run([sys.executable, "-m", "tollway", "upstreams", "--url", gw.url], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    line_a = next(line for line in out.splitlines() if line.startswith("a "))
+    assert "resting" in line_a and "overloaded_error" in line_a
+    assert next(line for line in out.splitlines() if line.startswith("c ")).split()[2] == "ok"
