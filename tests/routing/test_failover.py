@@ -16,36 +16,12 @@ import orjson
 import pytest
 
 from tests.conftest import Gateway
-from tests.support.fake_anthropic import FakeAnthropic
-from tests.support.loop_thread import AppServer
+from tests.routing.conftest import Fake
 from tollway.config import parse_config
 
+pytestmark = pytest.mark.usefixtures("reset")
+
 BODY = {"model": "claude-opus-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Fake:
-    def __init__(self, name: str) -> None:
-        self.fake = FakeAnthropic()
-        self.server = AppServer(self.fake.app(), name)
-        self.url = self.server.url
-
-    @property
-    def count(self) -> int:
-        return len(self.fake.received)
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, Fake]]:
-    made = {name: Fake(name) for name in ("a", "b", "c")}
-    yield made
-    for f in made.values():
-        f.server.close()
-
-
-@pytest.fixture(autouse=True)
-def reset(fakes: dict[str, Fake]) -> None:
-    for f in fakes.values():
-        f.fake.reset()
 
 
 def upstream(name: str, url: str, keys: list[str] | None = None, **timeout: float) -> dict[str, Any]:
@@ -217,3 +193,26 @@ def test_upstreams_command_shows_rests(gw: Gateway, fakes: dict[str, Fake]) -> N
     line_a = next(line for line in out.splitlines() if line.startswith("a "))
     assert "resting" in line_a and "overloaded_error" in line_a
     assert next(line for line in out.splitlines() if line.startswith("c ")).split()[2] == "ok"
+
+
+def test_failover_drops_thinking_signed_by_the_first_account(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    secret = gw.create_key()
+    signed = {"type": "thinking", "thinking": "let me see", "signature": "EqQBCgIYAhIMsignedByAccountA"}
+    body = {"model": "claude-3-7-sonnet-20250219", "max_tokens": 2048,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "first question"},
+                         {"role": "assistant", "content": [signed, {"type": "text", "text": "an answer"}]},
+                         {"role": "user", "content": "second question"}]}
+    counts = {n: f.count for n, f in fakes.items()}
+    assert post(gw, secret, body).status_code == 200
+    home = next(n for n, f in fakes.items() if f.count > counts[n])
+    # The conversation's own account gets the thinking back untouched, as its cache affinity says.
+    assert fakes[home].fake.received[-1].json["messages"][1]["content"][0] == signed
+    fakes[home].fake.force = "error:529:error_529_overloaded"
+    r = post(gw, secret, body)
+    assert r.status_code == 200
+    (first, _), (other, status) = tries(gw, r)
+    assert first == home and other != home and status == 200
+    sent = fakes[other].fake.received[-1].json
+    assert sent["messages"][1]["content"] == [{"type": "text", "text": "an answer"}]

@@ -35,6 +35,9 @@ SEED_MODELS: tuple[ModelInfo, ...] = (
 
 CATALOG: dict[str, ModelInfo] = {m.id: m for m in SEED_MODELS}
 
+# Claude Code puts this attribution block first in `system`; it is meant for Anthropic only.
+BILLING_HEADER = "x-anthropic-billing-header"
+
 
 
 @dataclass(frozen=True, slots=True)

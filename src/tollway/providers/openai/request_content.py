@@ -26,10 +26,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tollway.protocol.catalog import BILLING_HEADER
 from tollway.providers.openai.names import ToolNames, outbound_id
 from tollway.upstream_options import ReasoningField
 
-BILLING_HEADER = "x-anthropic-billing-header"
 NO_RESULT = "(no result)"
 TOOL_ERROR = "[tool error]"
 ORPHAN_RESULT = "[tool result]"
