@@ -41,6 +41,7 @@ def gw(fakes: dict[str, Fake], tmp_path: Path) -> Iterator[Gateway]:
             upstream("pool", a, ["k1", "k2"]),
             upstream("dead", "http://127.0.0.1:1"),
             upstream("a-short", a, first_byte=0.3, idle=0.3),
+            {**upstream("a-one", a), "max_concurrency": 1},
         ],
         "models": [
             # priority decides the order, so each test knows who is tried first
@@ -52,6 +53,8 @@ def gw(fakes: dict[str, Fake], tmp_path: Path) -> Iterator[Gateway]:
             {"name": "claude-sonnet-4-6", "targets": [{"upstream": "pool"}]},
             {"name": "claude-opus-4-5-20251101", "targets": [{"upstream": "a"}],
              "retry": {"attempts": 3, "backoff": 0.01}},
+            {"name": "claude-3-5-sonnet-20241022",
+             "targets": [{"upstream": "a-one"}, {"upstream": "c", "priority": 2}]},
             {"name": "claude-3-7-sonnet-20250219",
              "targets": [{"upstream": "a"}, {"upstream": "b"}, {"upstream": "c"}]},
         ],
@@ -216,3 +219,18 @@ def test_failover_drops_thinking_signed_by_the_first_account(gw: Gateway, fakes:
     assert first == home and other != home and status == 200
     sent = fakes[other].fake.received[-1].json
     assert sent["messages"][1]["content"] == [{"type": "text", "text": "an answer"}]
+
+
+def test_max_concurrency_sends_the_overflow_elsewhere(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    secret = gw.create_key()
+    body = {**BODY, "model": "claude-3-5-sonnet-20241022", "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/messages", json=body, timeout=30,
+                      headers={"x-api-key": secret, "x-fake-scenario": "slow:100"}) as slow:
+        chunks = slow.iter_raw()  # kept: a dropped iterator would close the stream
+        next(chunks)  # a-one is now busy with this stream
+        r = post(gw, secret, model="claude-3-5-sonnet-20241022")
+        assert r.status_code == 200
+        assert tries(gw, r) == [("c", 200)]
+        assert health(gw)["a-one"]["in_flight"] == 1
+        assert b"".join(chunks).rstrip().endswith(b'{"type":"message_stop"}')
+    assert health(gw)["a-one"]["in_flight"] == 0
