@@ -10,7 +10,12 @@ two cores from the process actually being measured.
 
 Both answer the same text, with the same usage in each API's terms. Query strings are ignored.
 
-    python bench/fake_upstream.py --port 18080 [--frame-gap-ms 0]
+With `--fail-rate P`, each well-formed `POST /v1/messages` (stream or not) is answered, with probability P
+drawn from `random.Random(--seed)`, by HTTP 500 and Anthropic's error body
+`{"type":"error","error":{"type":"api_error","message":"Internal server error"}}` instead of the answer.
+The other endpoints never fail. On shutdown it prints how many messages requests it answered and failed.
+
+    python bench/fake_upstream.py --port 18080 [--frame-gap-ms 0] [--fail-rate 0.2 --seed 1]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import random
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -234,8 +240,12 @@ async def _payload(request: web.BaseRequest) -> dict[str, Any] | str:
 
 
 class FakeUpstream:
-    def __init__(self, frame_gap: float) -> None:
+    def __init__(self, frame_gap: float, fail_rate: float = 0.0, seed: int = 1) -> None:
         self.frame_gap = frame_gap
+        self.fail_rate = fail_rate
+        self.rng = random.Random(seed)
+        self.messages_answered = 0
+        self.messages_failed = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
@@ -256,6 +266,12 @@ class FakeUpstream:
             return _error(400, "invalid_request_error", payload)
         tpl = _cached(_templates, payload["model"], Templates)
         msg_id, req_id = _next_id("msg_01bench")
+        self.messages_answered += 1
+        if self.fail_rate > 0 and self.rng.random() < self.fail_rate:
+            self.messages_failed += 1
+            failed = _error(500, "api_error", "Internal server error")
+            failed.headers["request-id"] = req_id
+            return failed
         if payload.get("stream") is not True:
             return web.Response(body=msg_id.join(tpl.message), headers={**_JSON, "request-id": req_id})
         return await self.stream(request, {**_SSE, "request-id": req_id}, msg_id, tpl.stream, tpl.stream_frames)
@@ -289,8 +305,9 @@ class FakeUpstream:
         return resp
 
 
-async def serve(port: int, frame_gap: float) -> None:
-    server = web.Server(FakeUpstream(frame_gap).handle, access_log=None)
+async def serve(port: int, frame_gap: float, fail_rate: float = 0.0, seed: int = 1) -> None:
+    fake = FakeUpstream(frame_gap, fail_rate, seed)
+    server = web.Server(fake.handle, access_log=None)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
@@ -304,6 +321,7 @@ async def serve(port: int, frame_gap: float) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        print(f"messages answered {fake.messages_answered}, failed {fake.messages_failed}", flush=True)
 
 
 def main() -> None:
@@ -315,8 +333,17 @@ def main() -> None:
         default=0.0,
         help="sleep between SSE frames, each frame its own write (0: the whole stream in one write)",
     )
+    parser.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="probability that a POST /v1/messages gets HTTP 500 api_error instead of its answer (default 0)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the --fail-rate draws (default 1)")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.frame_gap_ms / 1000.0))
+    if not 0.0 <= args.fail_rate <= 1.0:
+        parser.error("--fail-rate must be between 0 and 1")
+    uvloop.run(serve(args.port, args.frame_gap_ms / 1000.0, args.fail_rate, args.seed))
 
 
 if __name__ == "__main__":

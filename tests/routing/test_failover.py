@@ -99,10 +99,15 @@ def test_failover_to_the_next_target_and_rest(gw: Gateway, fakes: dict[str, Fake
 
 
 def test_connection_refused(gw: Gateway, fakes: dict[str, Fake]) -> None:
-    r = post(gw, gw.create_key(), model="claude-haiku-4-5-20251001")
-    assert r.status_code == 200
-    assert tries(gw, r) == [("dead", 502), ("a", 200)]
+    secret = gw.create_key()
+    for _ in range(3):  # an upstream is rested after three failures in a row
+        assert health(gw)["dead"]["state"] == "ok"
+        r = post(gw, secret, model="claude-haiku-4-5-20251001")
+        assert r.status_code == 200
+        assert tries(gw, r) == [("dead", 502), ("a", 200)]
     assert health(gw)["dead"]["state"] == "resting"
+    r = post(gw, secret, model="claude-haiku-4-5-20251001")
+    assert tries(gw, r) == [("a", 200)]
 
 
 def test_hang_before_headers_times_out_and_fails_over(gw: Gateway, fakes: dict[str, Fake]) -> None:
