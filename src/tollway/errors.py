@@ -31,10 +31,14 @@ class TollwayError(Exception):
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 key_fault: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.key_fault = key_fault
+        """Raised for an upstream's answer about the gateway's own key (refused, out of quota): that key
+        should rest, not the whole upstream."""
 
 
 class InvalidRequest(TollwayError):

@@ -218,3 +218,37 @@ def test_fuzzed_bodies_never_give_a_server_error(gateway: Gateway, secret: str, 
         r = post(gateway, data, {"x-api-key": secret}, path=path)
         assert r.status_code == 400, r.text
         assert_error(r, 400, "invalid_request_error")
+
+
+def test_body_nested_too_deep_to_re_encode_is_a_400(gateway: Gateway, secret: str) -> None:
+    deep: Any = "leaf"
+    for _ in range(300):
+        deep = {"x": deep}
+    # The haiku route renames the model, so Tollway must encode the body again before sending it on.
+    body = VALID | {"model": "claude-haiku-4-5-20251001", "extra": deep}
+    assert_error(post(gateway, _encode_deep(body), {"x-api-key": secret}), 400, "invalid_request_error")
+
+
+def _encode_deep(body: Any) -> bytes:
+    import json
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        return json.dumps(body).encode()
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_chunked_body_over_the_limit(gateway: Gateway, secret: str) -> None:
+    def chunks() -> Any:
+        yield b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"'
+        for _ in range(33):
+            yield b"a" * (1024 * 1024)
+        yield b'"}]}'
+
+    r = httpx.post(gateway.url + "/v1/messages", content=chunks(), timeout=60,
+                   headers={"x-api-key": secret, "content-type": "application/json"})
+    assert_error(r, 413, "request_too_large")
+    assert gateway.row(r.headers["request-id"]).status == 413

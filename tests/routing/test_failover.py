@@ -42,6 +42,7 @@ def gw(fakes: dict[str, Fake], tmp_path: Path) -> Iterator[Gateway]:
             upstream("dead", "http://127.0.0.1:1"),
             upstream("a-short", a, first_byte=0.3, idle=0.3),
             {**upstream("a-one", a), "max_concurrency": 1},
+            upstream("a-patient", a, first_byte=2, idle=0.3),
         ],
         "models": [
             # priority decides the order, so each test knows who is tried first
@@ -53,6 +54,9 @@ def gw(fakes: dict[str, Fake], tmp_path: Path) -> Iterator[Gateway]:
             {"name": "claude-sonnet-4-6", "targets": [{"upstream": "pool"}]},
             {"name": "claude-opus-4-5-20251101", "targets": [{"upstream": "a"}],
              "retry": {"attempts": 3, "backoff": 0.01}},
+            {"name": "claude-opus-4-1-20250805",
+             "targets": [{"upstream": "a-patient"}, {"upstream": "b", "priority": 2}]},
+            {"name": "claude-opus-4-20250514", "targets": [{"upstream": "a-one"}]},
             {"name": "claude-3-5-sonnet-20241022",
              "targets": [{"upstream": "a-one"}, {"upstream": "c", "priority": 2}]},
             {"name": "claude-3-7-sonnet-20250219",
@@ -239,3 +243,45 @@ def test_max_concurrency_sends_the_overflow_elsewhere(gw: Gateway, fakes: dict[s
         assert health(gw)["a-one"]["in_flight"] == 1
         assert b"".join(chunks).rstrip().endswith(b'{"type":"message_stop"}')
     assert health(gw)["a-one"]["in_flight"] == 0
+
+
+def test_first_byte_timeout_is_not_cut_to_the_idle_one(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "stall:0.8"  # longer than idle (0.3 s), shorter than first_byte (2 s)
+    r = post(gw, gw.create_key(), model="claude-opus-4-1-20250805")
+    assert r.status_code == 200
+    assert tries(gw, r) == [("a-patient", 200)]
+
+
+def test_max_concurrency_is_a_cap(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    secret = gw.create_key()
+    body = {**BODY, "model": "claude-opus-4-20250514", "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/messages", json=body, timeout=30,
+                      headers={"x-api-key": secret, "x-fake-scenario": "slow:100"}) as slow:
+        chunks = slow.iter_raw()
+        next(chunks)
+        r = post(gw, secret, model="claude-opus-4-20250514")
+        assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+        b"".join(chunks)
+
+
+def test_a_retry_sends_the_sanitized_history_too(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force, fakes["a"].fake.force_count, fakes["a"].fake.retry_after = (
+        "error:500:error_529_overloaded", 1, "0")
+    body = {**BODY, "model": "claude-opus-4-5-20251101",
+            "messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": [
+                             {"type": "thinking", "thinking": "t", "signature": "tollway1:00ff"},
+                             {"type": "text", "text": "a"}]},
+                         {"role": "user", "content": "again"}]}
+    before = fakes["a"].count
+    r = post(gw, gw.create_key(), body)
+    assert r.status_code == 200 and tries(gw, r) == [("a", 500), ("a", 200)]
+    sent = fakes["a"].fake.received[before:]
+    assert len(sent) == 2 and all(b"tollway1:" not in item.body for item in sent)
+
+
+def test_a_stream_that_breaks_counts_against_the_upstream(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "die:3"
+    post(gw, gw.create_key(), stream=True)
+    state = health(gw)["a"]
+    assert state["errors"] == 1 and state["failures"] == 1 and "stream broke" in state["last_error"]

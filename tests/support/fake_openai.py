@@ -44,6 +44,8 @@ def _text_of(content: Any) -> str:
 class FakeOpenAI:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    refused_keys: set[str] = field(default_factory=set)
+    """Upstream keys answered with 401, as a revoked key would be."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -59,6 +61,9 @@ class FakeOpenAI:
         body = orjson.loads(await request.read())
         self.received.append(body)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        if request.headers.get("authorization", "").removeprefix("Bearer ") in self.refused_keys:
+            return web.Response(status=401, body=(FIXTURES / "error_401_invalid_api_key.json").read_bytes(),
+                                content_type="application/json")
         last_user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": ""})
         match = SCENARIO.search(_text_of(last_user.get("content")))
         kind, _, arg = (match.group(1) if match else "").partition(":")

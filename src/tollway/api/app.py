@@ -12,7 +12,7 @@ from aiohttp import web
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.api.context import SERVICES, Services
-from tollway.api.errors import error_middleware
+from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
 from tollway.api.models import get_model, list_models
 from tollway.config import Config
@@ -34,6 +34,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     # aiohttp enforces the body limit while reading, so an oversized body is refused without being held.
     app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    app[REQUEST_IDS] = RequestIds()
     app.router.add_post("/v1/messages", handle_messages)
     app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     app.router.add_get("/v1/models", list_models)

@@ -25,6 +25,7 @@ from tollway.errors import (
 )
 
 REQUEST_ID = web.RequestKey("request_id", str)
+STREAM_STARTED = web.RequestKey("stream_started", bool)
 log = logging.getLogger("tollway.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,7 +44,7 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):012x}"
 
 
-new_request_id = RequestIds()
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 
 def error_payload(error_type: str, message: str, request_id: str) -> dict[str, object]:
@@ -74,7 +75,7 @@ def from_http_exception(exc: web.HTTPException) -> TollwayError:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = new_request_id()
+    request_id = request.app[REQUEST_IDS]()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -84,6 +85,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(from_http_exception(exc), request_id)
     except Exception:
         log.exception("unhandled error in %s %s (request-id %s)", request.method, request.path, request_id)
+        if request.get(STREAM_STARTED):
+            # The status line and part of a stream are out: a second response would corrupt it, so the
+            # connection is dropped instead.
+            raise
         return error_response(InternalError("Internal server error"), request_id)
     if not response.prepared:
         response.headers["request-id"] = request_id

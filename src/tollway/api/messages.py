@@ -20,7 +20,7 @@ from aiohttp import web
 from tollway.accounting.keys import may_use
 from tollway.api.auth import authenticate
 from tollway.api.context import SERVICES, Services
-from tollway.api.errors import REQUEST_ID, error_payload
+from tollway.api.errors import REQUEST_ID, STREAM_STARTED, error_payload
 from tollway.errors import (
     InvalidRequest,
     NotFound,
@@ -51,10 +51,6 @@ DROPPED_HEADERS = frozenset({
     "accept-encoding", "cookie",
 })
 CLIENT_CLOSED = 499
-STATUS_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                      404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                      504: "timeout_error", 529: "overloaded_error"}
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -114,7 +110,11 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
 async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge("Request exceeds the maximum allowed number of bytes.")
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        # A chunked or compressed body gives no length up front; aiohttp stops it at the limit.
+        raise RequestTooLarge("Request exceeds the maximum allowed number of bytes.") from None
     try:
         return body, orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -189,6 +189,12 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     except TollwayError as exc:
         outcome.fail(exc.status, exc.error_type)
         raise
+    except orjson.JSONEncodeError:
+        # orjson reads JSON nested up to 1,024 levels but writes only about 250: a body Tollway must
+        # re-encode (a rewritten model, a failover, a translation) can be too deep to send on.
+        error = InvalidRequest("The request body is nested too deeply.")
+        outcome.fail(error.status, error.error_type)
+        raise error from None
     except asyncio.CancelledError:
         outcome.fail(CLIENT_CLOSED, "client_closed")
         raise
@@ -210,6 +216,7 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
     })
     # From here on the status line is sent: failures can only be told in the stream itself.
     await response.prepare(request)
+    request[STREAM_STARTED] = True
     outcome.fail(200, None)
     services.open_streams += 1
     try:

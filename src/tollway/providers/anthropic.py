@@ -7,13 +7,14 @@ carry usage on the way through.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 
-from tollway.errors import UpstreamUnavailable
+from tollway.errors import UpstreamError, UpstreamUnavailable
 from tollway.protocol.sanitize import drop_foreign_thinking, needs_sanitizing
 from tollway.protocol.usage import StreamTap, usage_from_message
 from tollway.providers.base import UpstreamCall, UpstreamReply
@@ -43,8 +44,11 @@ class AnthropicProvider(HTTPProvider):
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
         data = call.body
-        if needs_sanitizing(data) and drop_foreign_thinking(call.payload):
-            data = orjson.dumps(call.payload)
+        if needs_sanitizing(data):
+            # A copy: the payload is shared with later tries, which must see the client's own history.
+            clean = orjson.loads(data)
+            if drop_foreign_thinking(clean):
+                data = orjson.dumps(clean)
         resp = await self.post(path, data, headers)
         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
         if call.stream and resp.status == 200:
@@ -65,16 +69,20 @@ class AnthropicProvider(HTTPProvider):
         tap = StreamTap()
         reply.usage = tap.usage
         try:
-            async for chunk in self.chunks(resp):
-                if reply.first_byte_at is None:
-                    reply.first_byte_at = time.monotonic()
-                tap.feed(chunk)
-                yield chunk
+            async with contextlib.aclosing(self.chunks(resp)) as chunks:
+                async for chunk in chunks:
+                    if reply.first_byte_at is None:
+                        reply.first_byte_at = time.monotonic()
+                    tap.feed(chunk)
+                    yield chunk
             tap.close()
+            if not tap.completed and tap.error is None:
+                raise UpstreamUnavailable(f"upstream {self.name!r} ended the stream before message_stop")
+        except UpstreamError as exc:
+            reply.upstream_error = exc.error_type
+            raise
         finally:
             reply.completed = tap.completed
             if tap.error is not None:
                 kind = tap.error.get("type")
                 reply.upstream_error = kind if isinstance(kind, str) else "api_error"
-        if not tap.completed and tap.error is None:
-            raise UpstreamUnavailable(f"upstream {self.name!r} ended the stream before message_stop")

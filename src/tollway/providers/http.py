@@ -7,7 +7,7 @@ OpenAI) deals only in bytes and statuses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 
@@ -21,13 +21,14 @@ class HTTPProvider(Provider):
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         # Tollway reads usage from the bytes, so it asks for them uncompressed (identity) and relays them
-        # as they come; the client's own accept-encoding is about its hop, not this one.
+        # as they come; the client's own accept-encoding is about its hop, not this one. No sock_read: aiohttp
+        # would start it while waiting for the status line too, cutting first_byte down to idle; the two
+        # timeouts are kept apart below instead.
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout_connect,
-                                          sock_read=self.config.timeout_idle),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout_connect),
         )
 
     async def close(self) -> None:
@@ -48,8 +49,9 @@ class HTTPProvider(Provider):
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
-            return await resp.read()
-        except aiohttp.ServerTimeoutError:
+            async with asyncio.timeout(self.config.timeout_idle):
+                return await resp.read()
+        except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} stalled while answering") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} failed while answering "
@@ -60,16 +62,17 @@ class HTTPProvider(Provider):
     async def read_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
         """The next bytes of the body, b"" at its end. Safe to cancel: unread bytes stay buffered."""
         try:
-            return await resp.content.readany()
-        except aiohttp.ServerTimeoutError:
-            # aiohttp's idle timeout (sock_read). A caller's own asyncio.timeout never lands here: it
-            # arrives as cancellation and becomes TimeoutError only where the caller opened it.
+            async with asyncio.timeout(self.config.timeout_idle):
+                return await resp.content.readany()
+        except TimeoutError:
+            # Only this block's own timer lands here: a caller's asyncio.timeout reaches this frame as
+            # cancellation, and becomes TimeoutError only where the caller opened it.
             raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} broke off the stream "
                                       f"({type(exc).__name__})") from None
 
-    async def chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def chunks(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
         """The body as it arrives. Left unread, the response is closed, not released: dropping the
         connection is what cancels the upstream's work when the client has gone."""
         drained = False

@@ -32,6 +32,8 @@ class Rest:
     rate_limited: bool = False
     """The rest came from a 429: the upstream said it would refuse until then."""
     last_error: str | None = None
+    failed_at: float = 0.0
+    """When the last failure was recorded: a success of a request that started before it says nothing."""
     successes: int = 0
     errors: int = 0
 
@@ -63,10 +65,21 @@ class HealthBoard:
         rest = self._keys.get((upstream, key))
         return bool(rest and rest.rate_limited and rest.until > self.clock())
 
-    def succeeded(self, upstream: str, key: int) -> None:
+    def acquire(self, upstream: str) -> None:
+        self.in_flight[upstream] = self.in_flight.get(upstream, 0) + 1
+
+    def release(self, upstream: str) -> None:
+        self.in_flight[upstream] -= 1
+
+    def at_capacity(self, upstream: str, cap: int | None) -> bool:
+        return cap is not None and self.in_flight.get(upstream, 0) >= cap
+
+    def succeeded(self, upstream: str, key: int, started: float) -> None:
+        """A request that began at ``started`` succeeded; it ends a streak only if it began after it."""
         for rest in (self._rest(upstream, None), self._rest(upstream, key)):
-            rest.failures, rest.until, rest.rate_limited = 0, 0.0, False
             rest.successes += 1
+            if started >= rest.failed_at:
+                rest.failures, rest.until, rest.rate_limited = 0, 0.0, False
 
     def failed(self, upstream: str, key: int, *, scope: Scope, error: str, retry_after: float | None = None,
                rate_limited: bool = False) -> float:
@@ -76,6 +89,7 @@ class HealthBoard:
         rest.errors += 1
         rest.last_error = error
         rest.rate_limited = rate_limited
+        rest.failed_at = self.clock()
         if retry_after is not None:
             delay = retry_after
         elif scope == "upstream" and rest.failures < STREAK:

@@ -124,24 +124,24 @@ class Router:
             ordered.extend(group[i] for i in order)
         return ordered
 
-    def _usable(self, c: Candidate) -> bool:
-        cap = c.provider.config.max_concurrency
-        if cap is not None and self.health.in_flight.get(c.provider.name, 0) >= cap:
-            return False
-        return self.health.resting_for(c.provider.name, c.key_index) == 0
+    def _has_room(self, c: Candidate) -> bool:
+        return not self.health.at_capacity(c.provider.name, c.provider.config.max_concurrency)
 
     def plan(self, route: Route, all_candidates: list[Candidate]) -> list[Candidate]:
-        usable = [c for c in all_candidates if self._usable(c)]
+        roomy = [c for c in all_candidates if self._has_room(c)]
+        if not roomy:
+            raise Overloaded(f"every upstream for {route.name} is at its concurrency limit")
+        usable = [c for c in roomy if self.health.resting_for(c.provider.name, c.key_index) == 0]
         if usable:
             return usable
-        if all(self.health.rate_limited(c.provider.name, c.key_index) for c in all_candidates):
-            wait = min(self.health.resting_for(c.provider.name, c.key_index) for c in all_candidates)
+        if all(self.health.rate_limited(c.provider.name, c.key_index) for c in roomy):
+            wait = min(self.health.resting_for(c.provider.name, c.key_index) for c in roomy)
             raise RateLimited(f"every upstream key for {route.name} is rate limited",
                               headers={"retry-after": str(max(1, math.ceil(wait)))})
         # Everything is resting: rather than refuse, probe the one whose rest ends first.
-        probe = [c for c in all_candidates if not self.health.rate_limited(c.provider.name, c.key_index)]
+        probe = [c for c in roomy if not self.health.rate_limited(c.provider.name, c.key_index)]
         probe.sort(key=lambda c: self.health.resting_for(c.provider.name, c.key_index))
-        return probe or all_candidates
+        return probe
 
     # -- sending --------------------------------------------------------------------------------------
 
@@ -185,31 +185,37 @@ class Router:
         call = self._call(request, candidate, preferred)
         upstream, key = candidate.provider.name, candidate.key_index
         started = time.monotonic()
-        self.health.in_flight[upstream] = self.health.in_flight.get(upstream, 0) + 1
+        self.health.acquire(upstream)
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.health.in_flight[upstream] -= 1
+                self.health.release(upstream)
+
+        def note(status: int, error: str | None) -> None:
+            request.tries.append(Try(upstream, key, status, error, (time.monotonic() - started) * 1000))
 
         try:
             reply = await candidate.provider.send(call)
             if reply.chunks is not None:
-                reply.chunks = await _started(reply.chunks)
+                reply.chunks = await _Started.wait(reply.chunks)
         except TollwayError as exc:
             release()
-            request.tries.append(Try(upstream, key, exc.status, exc.error_type, (time.monotonic() - started) * 1000))
-            scope = classify(exc.status, exc.headers) if isinstance(exc, UpstreamError) or exc.status >= 429 else None
+            note(exc.status, exc.error_type)
+            scope: Scope | None = "key" if exc.key_fault else None
+            if scope is None and (isinstance(exc, UpstreamError) or exc.status >= 429):
+                scope = classify(exc.status, exc.headers)
             if scope is not None:
                 self._rest(upstream, key, scope, exc.error_type, exc.status, exc.headers)
             return scope, exc
         except BaseException:
+            # The client left (or the gateway stops) while this try was under way.
             release()
+            note(499, "client_closed")
             raise
-        request.tries.append(Try(upstream, key, reply.status, reply.upstream_error,
-                                 (time.monotonic() - started) * 1000))
+        note(reply.status, reply.upstream_error)
         scope = classify(reply.status, reply.headers) if reply.status >= 400 else None
         if scope is not None:
             release()
@@ -217,14 +223,16 @@ class Router:
                        reply.headers)
             return reply
         reply.finalizers.append(release)
-        reply.finalizers.append(lambda: self._settle(reply, upstream, key))
+        reply.finalizers.append(lambda: self._settle(reply, upstream, key, started))
         return reply
 
-    def _settle(self, reply: UpstreamReply, upstream: str, key: int) -> None:
-        if reply.completed or reply.chunks is None:
-            self.health.succeeded(upstream, key)
-        elif reply.upstream_error not in (None, "client_closed"):
+    def _settle(self, reply: UpstreamReply, upstream: str, key: int, started: float) -> None:
+        if reply.status >= 400:
+            return  # a final error answer (a 400 the client caused) says nothing of the upstream's health
+        if reply.upstream_error is not None:
             self.health.failed(upstream, key, scope="upstream", error=f"stream broke: {reply.upstream_error}")
+        elif reply.completed:
+            self.health.succeeded(upstream, key, started)
 
     def _rest(self, upstream: str, key: int, scope: Scope, error: str, status: int,
               headers: dict[str, str]) -> None:
@@ -249,22 +257,34 @@ class Router:
                             stream=request.stream, api_key=self.table.keys(target.provider)[candidate.key_index])
 
 
-async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Wait for a stream's first chunk (failures before it can still fail over), then replay it first."""
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
+class _Started:
+    """A stream whose first chunk has arrived (failures before it can still fail over), replayed first.
 
-    async def replay() -> AsyncIterator[bytes]:
+    Closing it closes the upstream's iterator too, even if nobody ever read from it.
+    """
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self._first: bytes | None = first or None
+        self._rest = rest
+
+    @classmethod
+    async def wait(cls, chunks: AsyncIterator[bytes]) -> _Started:
         try:
-            if first:
-                yield first
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            closer = getattr(chunks, "aclose", None)
-            if closer is not None:
-                await closer()
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = b""
+        return cls(first, chunks)
 
-    return replay()
+    def __aiter__(self) -> _Started:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        closer = getattr(self._rest, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -35,8 +35,14 @@ def gw(openai_side: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) 
     raw = {
         "storage": {"url": f"sqlite:///{db}", "flush_interval": 0.05},
         "upstreams": [{"name": "oa", "kind": "openai", "base_url": openai_side.url + "/v1",
-                       "api_keys": ["sk-upstream"], "family": "generic"}],
-        "models": [{"name": "claude-sonnet-4-6", "targets": [{"upstream": "oa", "model": "gpt-test"}]}],
+                       "api_keys": ["sk-upstream"], "family": "generic"},
+                      {"name": "oa-pool", "kind": "openai", "base_url": openai_side.url + "/v1",
+                       "api_keys": ["sk-revoked", "sk-good"], "family": "generic"},
+                      {"name": "mock", "kind": "mock"}],
+        "models": [{"name": "claude-sonnet-4-6", "targets": [{"upstream": "oa", "model": "gpt-test"}]},
+                   {"name": "claude-haiku-4-5-20251001", "targets": [{"upstream": "oa-pool", "model": "gpt-test"}]},
+                   {"name": "claude-opus-4-6", "targets": [{"upstream": "oa", "model": "gpt-test"},
+                                                           {"upstream": "mock", "priority": 2}]}],
     }
     gateway = Gateway(parse_config(raw, "openai e2e", {}))
     yield gateway
@@ -220,3 +226,23 @@ def test_count_tokens_is_a_local_estimate(sdk: anthropic.Anthropic, openai_side:
     assert 0 < short.input_tokens < long.input_tokens
     assert 500 <= long.input_tokens < 1000
     assert len(openai_side.fake.received) == before  # no upstream call
+
+
+def test_a_refused_key_rests_alone_and_the_other_key_serves(gw: Gateway, sdk: anthropic.Anthropic,
+                                                            openai_side: FakeOpenAIServer) -> None:
+    openai_side.fake.refused_keys.add("sk-revoked")
+    for _ in range(6):
+        message = sdk.messages.create(model="claude-haiku-4-5-20251001", max_tokens=10, messages=say("x"))
+        assert message.content
+    pool = next(u for u in httpx.get(f"{gw.url}/healthz").json()["upstreams"] if u["upstream"] == "oa-pool")
+    assert pool["state"] == "ok" and pool["keys"][0]["resting_s"] > 0 and pool["keys"][1]["resting_s"] == 0
+
+
+def test_an_openai_stream_dying_before_its_first_byte_fails_over(gw: Gateway, sdk: anthropic.Anthropic) -> None:
+    with sdk.messages.stream(model="claude-opus-4-6", max_tokens=50, messages=say("x", "die:0")) as s:
+        final = s.get_final_message()
+        request_id = s.response.headers["request-id"]
+    assert final.id.startswith("msg_mock_")
+    row = gw.row(request_id)
+    assert row.tries is not None
+    assert [(t["upstream"], t["status"]) for t in orjson.loads(row.tries)] == [("oa", 502), ("mock", 200)]

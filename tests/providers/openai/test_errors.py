@@ -81,7 +81,9 @@ def test_the_refused_key_never_reaches_the_client() -> None:
 def test_status_mapping(status: int, cls: type[TollwayError]) -> None:
     error = map_upstream_error(status, b'{"error": {"message": "boom"}}', {}, "oa")
     assert type(error) is cls
-    assert error.message == ("upstream 'oa' refused the gateway's credentials" if status == 401 else "boom")
+    refused = status in (401, 402, 403)
+    assert error.message == ("upstream 'oa' refused the gateway's credentials" if refused else "boom")
+    assert error.key_fault is refused
 
 
 def test_status_codes_seen_by_the_client() -> None:
@@ -194,8 +196,8 @@ def test_exhausted_quota_is_not_a_rate_limit() -> None:
     body = b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", ' \
            b'"code": "insufficient_quota"}}'
     error = map_upstream_error(429, body, {}, "oa")
-    assert isinstance(error, UpstreamUnavailable)
-    assert error.message == "You exceeded your current quota"
+    assert isinstance(error, UpstreamUnavailable) and error.key_fault
+    assert error.message == "upstream 'oa' says the gateway's account is out of quota"
 
 
 # -- errors inside streams -----------------------------------------------------------------------------------

@@ -191,15 +191,16 @@ def map_upstream_error(status: int, body: bytes, headers: Mapping[str, str], ups
     """
     who = f"upstream {upstream!r}" if upstream else "the upstream"
     error, message = _body_error(body)
-    if status == 401:
-        # The body may quote part of the key it refused; its words are not passed on.
-        return UpstreamUnavailable(f"{who} refused the gateway's credentials")
+    if status in (401, 402, 403):
+        # About the gateway's own key or account, and the body may quote part of the key: its words are
+        # not passed on, and only that key rests.
+        return UpstreamUnavailable(f"{who} refused the gateway's credentials", key_fault=True)
     if status in (400, 413, 422) and (overflow := _context_overflow(error, message)) is not None:
         return InvalidRequest(overflow)
     cls = _class_for_status(status)
     if status == 429 and error.get("code") == "insufficient_quota":
-        # The gateway's account is out of credit: retrying will not help the client.
-        cls = UpstreamUnavailable
+        # The gateway's account is out of credit: retrying that key will not help, another key may.
+        return UpstreamUnavailable(f"{who} says the gateway's account is out of quota", key_fault=True)
     text = message or f"{who} answered HTTP {status}"
     retry = _retry_headers(headers) if status == 429 or status >= 500 else {}
     return cls(text, headers=retry or None)

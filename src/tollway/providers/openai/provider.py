@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 
-from tollway.errors import UpstreamUnavailable
+from tollway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from tollway.providers.base import UpstreamCall, UpstreamReply
 from tollway.providers.http import HTTPProvider
 from tollway.providers.openai.errors import map_upstream_error
@@ -44,7 +44,8 @@ class OpenAIProvider(HTTPProvider):
 
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         if call.endpoint == "count_tokens":
-            count = estimate_input_tokens(call.payload)
+            # Tokenizing a large prompt takes milliseconds: off the event loop, so streams keep flowing.
+            count = await asyncio.to_thread(estimate_input_tokens, call.payload)
             return UpstreamReply(status=200, headers=JSON, body=orjson.dumps({"input_tokens": count}),
                                  first_byte_at=time.monotonic(), completed=True)
         names = ToolNames()
@@ -75,10 +76,17 @@ class OpenAIProvider(HTTPProvider):
         return UpstreamReply(status=200, headers=JSON, body=orjson.dumps(message), usage=usage,
                              first_byte_at=time.monotonic(), completed=True)
 
+    async def start(self) -> None:
+        await super().start()
+        # Load the tokenizer's vocabulary now, not on the first count_tokens request.
+        await asyncio.to_thread(estimate_input_tokens, {"messages": []})
+
     async def _translate(self, resp: aiohttp.ClientResponse, translator: StreamTranslator,
                          reply: UpstreamReply) -> AsyncIterator[bytes]:
-        yield translator.start()
+        # Nothing is sent before the upstream's first bytes (or a ping): until then the router may still
+        # fail over to another target.
         drained = False
+        last_data = time.monotonic()
         try:
             while True:
                 try:
@@ -86,13 +94,16 @@ class OpenAIProvider(HTTPProvider):
                     async with asyncio.timeout(self.ping_interval):
                         chunk = await self.read_chunk(resp)
                 except TimeoutError:
+                    if time.monotonic() - last_data > self.config.timeout_idle:
+                        raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
                     yield translator.ping()
                     continue
                 if not chunk:
                     drained = True
                     break
+                last_data = time.monotonic()
                 if reply.first_byte_at is None:
-                    reply.first_byte_at = time.monotonic()
+                    reply.first_byte_at = last_data
                 # One write for what one upstream read completes: as prompt as the upstream, far fewer
                 # system calls than a write per event.
                 frames = translator.feed(chunk)
@@ -102,8 +113,12 @@ class OpenAIProvider(HTTPProvider):
                     break
             if translator.error_type is None:
                 yield b"".join(translator.finish())
+        except UpstreamError as exc:
+            reply.upstream_error = exc.error_type
+            raise
         finally:
             self.finish(resp, drained)
             reply.usage = translator.usage
             reply.completed = translator.completed
-            reply.upstream_error = translator.error_type
+            if translator.error_type is not None:
+                reply.upstream_error = translator.error_type
