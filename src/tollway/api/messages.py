@@ -28,7 +28,6 @@ from tollway.errors import (
     RequestTooLarge,
     TollwayError,
     UpstreamError,
-    UpstreamUnavailable,
 )
 from tollway.protocol.sse import encode_event
 from tollway.protocol.usage import Usage
@@ -140,23 +139,6 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)
 
 
-def reply_error(reply: UpstreamReply, upstream: str) -> TollwayError | None:
-    """How an upstream's error answer reaches the client; None means forward it as it is.
-
-    Anthropic-shaped errors pass unchanged, since Claude Code recovers by their wording. A 401 or 403
-    is about Tollway's upstream key, not the client's: it becomes a 502 so no client is told its own
-    key is wrong. Bodies in no Anthropic shape (an HTML page from a proxy) get one.
-    """
-    if reply.status in (401, 403):
-        log.error("upstream %r refused Tollway's credentials (HTTP %d)", upstream, reply.status)
-        return UpstreamUnavailable(f"upstream {upstream!r} refused the gateway's credentials")
-    if reply.upstream_error is None:
-        error = UpstreamUnavailable(f"upstream {upstream!r} answered HTTP {reply.status}")
-        error.headers.update({k: v for k, v in reply.headers.items() if k != "content-type"})
-        return error
-    return None
-
-
 async def handle_messages(request: web.Request) -> web.StreamResponse:
     return await _handle(request, "messages")
 
@@ -179,9 +161,6 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         if reply.chunks is not None:
             return await _stream(request, services, reply, outcome, request_id)
-        error = reply_error(reply, provider.name) if reply.status >= 400 else None
-        if error is not None:
-            raise error
         outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)
         headers = dict(reply.headers)
         headers["request-id"] = request_id

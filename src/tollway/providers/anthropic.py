@@ -8,6 +8,7 @@ carry usage on the way through.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from tollway.protocol.usage import StreamTap, usage_from_message
 from tollway.providers.base import UpstreamCall, UpstreamReply
 from tollway.providers.http import HTTPProvider
 
+log = logging.getLogger("tollway.providers.anthropic")
 PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
 # Passed back to the client so its SDK retries as the upstream intended.
 REPLY_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-should-retry")
@@ -61,8 +63,18 @@ class AnthropicProvider(HTTPProvider):
             if call.endpoint == "messages":
                 reply.usage = usage_from_message(body)
             reply.completed = True
-        else:
-            reply.upstream_error = error_type_of(body)
+            return reply
+        if resp.status in (401, 403):
+            # About the gateway's own key, not the client's: no client is told its key is wrong, and only
+            # this key rests.
+            log.error("upstream %r refused Tollway's credentials (HTTP %d)", self.name, resp.status)
+            raise UpstreamUnavailable(f"upstream {self.name!r} refused the gateway's credentials", key_fault=True)
+        reply.upstream_error = error_type_of(body)
+        if reply.upstream_error is None:
+            # An answer in no Anthropic shape (an HTML page from a proxy) gets one.
+            retry = {k: v for k, v in reply_headers.items() if k != "content-type"}
+            raise UpstreamUnavailable(f"upstream {self.name!r} answered HTTP {resp.status}", headers=retry)
+        # Anthropic-shaped errors go to the client unchanged: Claude Code recovers by their wording.
         return reply
 
     async def _relay(self, resp: aiohttp.ClientResponse, reply: UpstreamReply) -> AsyncIterator[bytes]:
