@@ -199,6 +199,8 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
     outcome.fail(200, None)
     services.open_streams += 1
     try:
+        if reply.head:
+            await response.write(reply.head)
         async for chunk in reply.chunks:
             await response.write(chunk)
         if reply.upstream_error is not None:

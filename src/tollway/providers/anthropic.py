@@ -7,7 +7,6 @@ carry usage on the way through.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -80,13 +79,14 @@ class AnthropicProvider(HTTPProvider):
     async def _relay(self, resp: aiohttp.ClientResponse, reply: UpstreamReply) -> AsyncIterator[bytes]:
         tap = StreamTap()
         reply.usage = tap.usage
+        drained = False
         try:
-            async with contextlib.aclosing(self.chunks(resp)) as chunks:
-                async for chunk in chunks:
-                    if reply.first_byte_at is None:
-                        reply.first_byte_at = time.monotonic()
-                    tap.feed(chunk)
-                    yield chunk
+            while chunk := await self.read_chunk(resp):
+                if reply.first_byte_at is None:
+                    reply.first_byte_at = time.monotonic()
+                tap.feed(chunk)
+                yield chunk
+            drained = True
             tap.close()
             if not tap.completed and tap.error is None:
                 raise UpstreamUnavailable(f"upstream {self.name!r} ended the stream before message_stop")
@@ -94,6 +94,9 @@ class AnthropicProvider(HTTPProvider):
             reply.upstream_error = exc.error_type
             raise
         finally:
+            # A stream left unread is closed, not released: dropping the connection is what cancels the
+            # upstream's work when the client has gone.
+            self.finish(resp, drained)
             reply.completed = tap.completed
             if tap.error is not None:
                 kind = tap.error.get("type")

@@ -42,6 +42,8 @@ class UpstreamReply:
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
     """For a streamed 200: the SSE bytes as they arrive. Ending early raises `UpstreamError`."""
+    head: bytes = b""
+    """A stream's first chunk, already taken from ``chunks`` by the router: it goes out first."""
     usage: Usage = field(default_factory=Usage)
     first_byte_at: float | None = None
     """`time.monotonic()` when the upstream's first body byte arrived."""

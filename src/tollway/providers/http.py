@@ -7,7 +7,7 @@ OpenAI) deals only in bytes and statuses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -21,9 +21,9 @@ class HTTPProvider(Provider):
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         # Tollway reads usage from the bytes, so it asks for them uncompressed (identity) and relays them
-        # as they come; the client's own accept-encoding is about its hop, not this one. No sock_read: aiohttp
-        # would start it while waiting for the status line too, cutting first_byte down to idle; the two
-        # timeouts are kept apart below instead.
+        # as they come; the client's own accept-encoding is about its hop, not this one. No sock_read here:
+        # aiohttp would start it while waiting for the status line too, cutting first_byte down to idle.
+        # The idle timer is set on each connection once its headers are in (see post).
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -41,17 +41,22 @@ class HTTPProvider(Provider):
         assert self._session is not None, "provider used before start()"
         try:
             async with asyncio.timeout(self.config.timeout_first_byte):
-                return await self._session.post(self.config.base_url + path, data=body, headers=headers)
+                resp = await self._session.post(self.config.base_url + path, data=body, headers=headers)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
+        # From here on, silence is bounded by idle. aiohttp's own per-connection read timer does it, reset
+        # on every packet: no timer of Tollway's per read.
+        connection = resp.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = self.config.timeout_idle
+        return resp
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
-            async with asyncio.timeout(self.config.timeout_idle):
-                return await resp.read()
-        except TimeoutError:
+            return await resp.read()
+        except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} stalled while answering") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} failed while answering "
@@ -62,26 +67,14 @@ class HTTPProvider(Provider):
     async def read_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
         """The next bytes of the body, b"" at its end. Safe to cancel: unread bytes stay buffered."""
         try:
-            async with asyncio.timeout(self.config.timeout_idle):
-                return await resp.content.readany()
-        except TimeoutError:
-            # Only this block's own timer lands here: a caller's asyncio.timeout reaches this frame as
-            # cancellation, and becomes TimeoutError only where the caller opened it.
+            return await resp.content.readany()
+        except aiohttp.ServerTimeoutError:
+            # aiohttp's idle timer (set in post). A caller's own asyncio.timeout never lands here: it
+            # reaches this frame as cancellation and becomes TimeoutError only where the caller opened it.
             raise UpstreamTimeout(f"upstream {self.name!r} went silent mid-stream") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} broke off the stream "
                                       f"({type(exc).__name__})") from None
-
-    async def chunks(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives. Left unread, the response is closed, not released: dropping the
-        connection is what cancels the upstream's work when the client has gone."""
-        drained = False
-        try:
-            while chunk := await self.read_chunk(resp):
-                yield chunk
-            drained = True
-        finally:
-            self.finish(resp, drained)
 
     @staticmethod
     def finish(resp: aiohttp.ClientResponse, drained: bool) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,17 +148,19 @@ class Router:
     async def send(self, route: Route, request: Request) -> tuple[UpstreamReply, Candidate]:
         everyone = self.candidates(route, request.payload)
         preferred = everyone[0]
+        planned = self.plan(route, everyone)
         # By default each healthy candidate once: an upstream that fails skips its other keys (below), a
         # key that is limited leaves the upstream's other keys to try.
-        attempts = route.retry.attempts or len(self.plan(route, everyone))
+        attempts = route.retry.attempts or len(planned)
         last_error: TollwayError | None = None
         last_reply: tuple[UpstreamReply, Candidate] | None = None
         round_ = 0
         while len(request.tries) < attempts:
             if round_:
                 await self._sleep(route.retry.backoff * 2 ** (round_ - 1))
+                planned = self.plan(route, everyone)
             failed_upstreams: set[str] = set()
-            for candidate in self.plan(route, everyone):
+            for candidate in planned:
                 if len(request.tries) >= attempts:
                     break
                 if candidate.provider.name in failed_upstreams:
@@ -200,7 +202,8 @@ class Router:
         try:
             reply = await candidate.provider.send(call)
             if reply.chunks is not None:
-                reply.chunks = await _Started.wait(reply.chunks)
+                # A stream counts as started once its first chunk is in: until then, failures fail over.
+                reply.head = await anext(reply.chunks, b"")
         except TollwayError as exc:
             release()
             note(exc.status, exc.error_type)
@@ -255,36 +258,3 @@ class Router:
         return UpstreamCall(endpoint=request.endpoint, body=body, payload=payload, headers=request.headers,
                             query=request.query, model=target.model, client_model=request.client_model,
                             stream=request.stream, api_key=self.table.keys(target.provider)[candidate.key_index])
-
-
-class _Started:
-    """A stream whose first chunk has arrived (failures before it can still fail over), replayed first.
-
-    Closing it closes the upstream's iterator too, even if nobody ever read from it.
-    """
-
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
-        self._first: bytes | None = first or None
-        self._rest = rest
-
-    @classmethod
-    async def wait(cls, chunks: AsyncIterator[bytes]) -> _Started:
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = b""
-        return cls(first, chunks)
-
-    def __aiter__(self) -> _Started:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        return await anext(self._rest)
-
-    async def aclose(self) -> None:
-        closer = getattr(self._rest, "aclose", None)
-        if closer is not None:
-            await closer()
