@@ -104,17 +104,32 @@ class Router:
         self.health = health
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._group_cache: dict[str, list[list[Candidate]]] = {}
 
     # -- choice ---------------------------------------------------------------------------------------
 
+    def _groups(self, route: Route) -> list[list[Candidate]]:
+        """The route's candidates by priority, built once per route: they never change."""
+        groups = self._group_cache.get(route.name)
+        if groups is None:
+            groups = [[Candidate(t, i, t.weight / len(keys))
+                       for t in route.targets if t.priority == priority
+                       for keys in [self.table.keys(t.provider)] for i in range(len(keys))]
+                      for priority in sorted({t.priority for t in route.targets})]
+            self._group_cache[route.name] = groups
+        return groups
+
     def candidates(self, route: Route, payload: dict[str, Any]) -> list[Candidate]:
         """Every (target, key) of the route, most preferred first, ignoring health."""
+        groups = self._groups(route)
+        if len(groups) == 1 and len(groups[0]) == 1:
+            return groups[0]  # one upstream, one key: nothing to choose
         affinity = affinity_key(payload)
         ordered: list[Candidate] = []
-        for priority in sorted({t.priority for t in route.targets}):
-            group = [Candidate(t, i, t.weight / len(keys))
-                     for t in route.targets if t.priority == priority
-                     for keys in [self.table.keys(t.provider)] for i in range(len(keys))]
+        for group in groups:
+            if len(group) == 1:
+                ordered.append(group[0])
+                continue
             if affinity is not None:
                 order = rendezvous_order(affinity, [(c.id, c.weight) for c in group])
             else:
