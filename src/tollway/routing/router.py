@@ -7,7 +7,7 @@ weighted random draw. Keys and upstreams that are resting or at their concurrenc
 Failover happens only before the first byte reaches the client: connection errors, timeouts, 408, 429,
 5xx and 529 move the request to the next candidate, unless the upstream said ``x-should-retry: false``.
 A streamed answer counts as started once its first chunk has arrived, so an upstream that accepts the
-request and dies before sending anything is failed over too. Errors the client caused (400, 404, 413...)
+request and dies before sending anything is failed over too, when another candidate is left to try. Errors the client caused (400, 404, 413...)
 are returned at once.
 """
 
@@ -180,7 +180,9 @@ class Router:
                     break
                 if candidate.provider.name in failed_upstreams:
                     continue
-                outcome = await self._try(request, candidate, preferred)
+                # With nothing left to fail over to, a stream need not wait for its first chunk here.
+                last_chance = len(request.tries) + 1 >= attempts or candidate is planned[-1]
+                outcome = await self._try(request, candidate, preferred, prefetch=not last_chance)
                 if isinstance(outcome, UpstreamReply):
                     scope = classify(outcome.status, outcome.headers) if outcome.status >= 400 else None
                     if scope is None:
@@ -197,8 +199,8 @@ class Router:
             return last_reply
         raise last_error or Overloaded(f"no upstream could take the request for {route.name}")
 
-    async def _try(self, request: Request, candidate: Candidate,
-                   preferred: Candidate) -> UpstreamReply | tuple[Scope | None, TollwayError]:
+    async def _try(self, request: Request, candidate: Candidate, preferred: Candidate,
+                   prefetch: bool = True) -> UpstreamReply | tuple[Scope | None, TollwayError]:
         call = self._call(request, candidate, preferred)
         upstream, key = candidate.provider.name, candidate.key_index
         started = time.monotonic()
@@ -216,7 +218,7 @@ class Router:
 
         try:
             reply = await candidate.provider.send(call)
-            if reply.chunks is not None:
+            if reply.chunks is not None and prefetch:
                 # A stream counts as started once its first chunk is in: until then, failures fail over.
                 reply.head = await anext(reply.chunks, b"")
         except TollwayError as exc:
