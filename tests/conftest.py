@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from tollway.accounting.keys import new_key
 from tollway.api.app import create_app
 from tollway.api.context import SERVICES
 from tollway.config import Config, parse_config
-from tollway.store import UsageRecord
+from tollway.store import SQLStore, UsageRecord, open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -79,6 +79,15 @@ def gateway_config(upstream_url: str, db: Path) -> Config:
         ],
     }
     return parse_config(raw, "tests/conftest.py", {})
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+    """A migrated SQLite store in a fresh directory (the directory is created, as serve does)."""
+    s = open_store(f"sqlite:///{tmp_path / 'data' / 'tollway.db'}")
+    await s.migrate()
+    yield s
+    await s.close()
 
 
 @pytest.fixture(scope="session")

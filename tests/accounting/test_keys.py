@@ -20,13 +20,6 @@ from tollway.store import KeyRecord, SQLStore, open_store
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
-    s = open_store(f"sqlite:///{tmp_path / 'keys.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
-
 
 @pytest.fixture
 async def cache(store: SQLStore) -> AsyncIterator[KeyCache]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,13 +14,6 @@ from tollway.store.sql import HEAD_REVISION
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
-    s = open_store(f"sqlite:///{tmp_path / 'data' / 'tollway.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 def key(kid: str, name: str, *, created: datetime = T0, models: tuple[str, ...] | None = None) -> KeyRecord:
