@@ -7,8 +7,8 @@ weighted random draw. Keys and upstreams that are resting or at their concurrenc
 Failover happens only before the first byte reaches the client: connection errors, timeouts, 408, 429,
 5xx and 529 move the request to the next candidate, unless the upstream said ``x-should-retry: false``.
 A streamed answer counts as started once its first chunk has arrived, so an upstream that accepts the
-request and dies before sending anything is failed over too, when another candidate is left to try. Errors the client caused (400, 404, 413...)
-are returned at once.
+request and dies before sending anything is failed over too, when another candidate is left to try.
+Errors the client caused (400, 404, 413...) are returned at once.
 """
 
 from __future__ import annotations
