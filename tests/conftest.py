@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ class Gateway:
     def services(self) -> Any:
         return self.app[SERVICES]
 
-    def create_key(self, name: str = "test", models: tuple[str, ...] | None = None) -> str:
+    def create_key(self, name: str = "test", models: tuple[str, ...] | None = None, *, rpm: int | None = None,
+                   itpm: int | None = None, otpm: int | None = None, max_concurrency: int | None = None) -> str:
         record, secret = new_key(name, models)
+        record = dataclasses.replace(record, rpm=rpm, itpm=itpm, otpm=otpm, max_concurrency=max_concurrency)
         self.server.thread.run(self.services.store.insert_key(record))
         return secret
 

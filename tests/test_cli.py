@@ -205,3 +205,18 @@ def test_missing_config_file_exits_2(cli: CLI) -> None:
     missing = cli.tmp / "nope.toml"
     done = cli.run("keys", "list", config=missing, code=2)
     assert f"{missing}: file not found" in done.stderr
+
+
+def test_keys_limits_create_update_and_list(cli: CLI) -> None:
+    out = cli.run("keys", "create", "--name", "limited", "--rpm", "50", "--otpm", "8000").stdout.splitlines()
+    key_id = out[0].split()[2]
+    line = cli.run("keys", "list").stdout.splitlines()[0]
+    assert "\trpm=50,otpm=8000\t" in line
+    done = cli.run("keys", "update", key_id, "--rpm", "0", "--itpm", "30000", "--max-concurrency", "4")
+    assert done.stdout.strip() == f"updated {key_id}: rpm=none, itpm=30000, max_concurrency=4"
+    line = cli.run("keys", "list").stdout.splitlines()[0]
+    assert "\titpm=30000,otpm=8000,max_concurrency=4\t" in line
+    with sqlite3.connect(cli.db) as conn:
+        assert conn.execute("SELECT rpm, itpm, otpm, max_concurrency FROM keys").fetchone() == (None, 30000, 8000, 4)
+    cli.run("keys", "update", "key_nope", "--rpm", "1", code=1)
+    cli.run("keys", "update", key_id, code=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -53,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--models", nargs="+", metavar="PATTERN",
                         help="glob patterns of allowed models, e.g. 'claude-sonnet-*' (default: all)")
+    _limit_flags(create, "no limit")
     keys.add_parser("list", parents=[common], help="one key a line: id, name, hint, state")
+    update = keys.add_parser("update", parents=[common], help="change a key's rate limits (0 removes one)")
+    update.add_argument("id")
+    _limit_flags(update, "unchanged")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key (takes effect within seconds)")
     revoke.add_argument("id")
 
@@ -64,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key", help="a key id or name")
     usage.add_argument("--since", type=_parse_since, help="24h, 7d, or an ISO date")
     return parser
+
+
+LIMIT_FLAGS = (("rpm", "requests per minute"), ("itpm", "input tokens per minute"),
+               ("otpm", "output tokens per minute"), ("max_concurrency", "requests in flight at once"))
+
+
+def _limit_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    for name, what in LIMIT_FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N",
+                            help=f"{what} (default: {default})")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int | None]:
+    """The limit flags given, with 0 meaning no limit."""
+    out: dict[str, int | None] = {}
+    for name, _ in LIMIT_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            if value < 0:
+                raise SystemExit(f"tollway: --{name.replace('_', '-')} must be 0 (no limit) or more")
+            out[name] = value or None
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +151,9 @@ async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
 async def _keys(args: argparse.Namespace, store: SQLStore) -> int:
     if args.keys_command == "create":
         record, secret = new_key(args.name, tuple(args.models) if args.models else None)
+        lim = _limits(args)
+        record = dataclasses.replace(record, rpm=lim.get("rpm"), itpm=lim.get("itpm"), otpm=lim.get("otpm"),
+                                     max_concurrency=lim.get("max_concurrency"))
         await store.insert_key(record)
         models = ", ".join(record.models) if record.models else "all models"
         print(f"created key {record.id} ({record.name}) for {models}")
@@ -134,7 +164,20 @@ async def _keys(args: argparse.Namespace, store: SQLStore) -> int:
         for key in await store.list_keys():
             state = "active" if key.active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
             models = ",".join(key.models) if key.models else "*"
-            print(f"{key.id}\t{key.name}\t{key.hint}\t{models}\t{state}\tcreated {key.created_at:%Y-%m-%d %H:%M}")
+            shown = ",".join(f"{name}={getattr(key, name)}" for name, _ in LIMIT_FLAGS
+                             if getattr(key, name) is not None) or "no-limits"
+            print(f"{key.id}\t{key.name}\t{key.hint}\t{models}\t{shown}\t{state}\t"
+                  f"created {key.created_at:%Y-%m-%d %H:%M}")
+        return 0
+    if args.keys_command == "update":
+        limits = _limits(args)
+        if not limits:
+            print("tollway: nothing to change (give --rpm, --itpm, --otpm or --max-concurrency)", file=sys.stderr)
+            return 2
+        if not await store.update_key_limits(args.id, limits):
+            print(f"tollway: no key with id {args.id}", file=sys.stderr)
+            return 1
+        print(f"updated {args.id}: " + ", ".join(f"{k}={v if v is not None else 'none'}" for k, v in limits.items()))
         return 0
     if await store.revoke_key(args.id):
         print(f"revoked {args.id}")

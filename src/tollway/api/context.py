@@ -9,6 +9,7 @@ from aiohttp import web
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.config import Config
+from tollway.limits import Limiter
 from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
@@ -24,6 +25,7 @@ class Services:
     table: RoutingTable
     health: HealthBoard
     router: Router
+    limiter: Limiter
     open_streams: int = 0
 
 

@@ -29,6 +29,8 @@ from tollway.errors import (
     TollwayError,
     UpstreamError,
 )
+from tollway.limits import policy as limit_policy
+from tollway.limits.policy import Admission
 from tollway.protocol.sse import encode_event
 from tollway.protocol.usage import Usage
 from tollway.protocol.validate import validate_request
@@ -67,6 +69,8 @@ class Outcome:
     usage: Usage | None = None
     first_byte_at: float | None = None
     tries: list[Try] | None = None
+    admission: Admission | None = None
+    """What the request took from its key's rate limits."""
 
     def fail(self, status: int, error_type: str | None) -> None:
         self.status, self.error_type = status, error_type
@@ -135,6 +139,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         raise NotFound(f"model: {info.model}")
     if not may_use(key, info.model):
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
+    if not counting:
+        outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)
 
@@ -163,6 +169,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             return await _stream(request, services, reply, outcome, request_id)
         outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)
         headers = dict(reply.headers)
+        if outcome.admission is not None:
+            headers.update(outcome.admission.headers)
         headers["request-id"] = request_id
         return web.Response(status=reply.status, body=reply.body, headers=headers)
     except TollwayError as exc:
@@ -183,6 +191,10 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         elif outcome.tries:
             outcome.upstream = outcome.tries[-1].upstream
+        if outcome.admission is not None:
+            u = outcome.usage or Usage()
+            await limit_policy.settle(services.limiter, outcome.admission,
+                                      u.input_tokens + u.cache_creation_input_tokens, u.output_tokens)
         services.ledger.record(outcome.row(request_id))
 
 
@@ -192,6 +204,7 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
     response = web.StreamResponse(status=200, headers={
         "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
         "request-id": request_id, **{k: v for k, v in reply.headers.items() if k != "content-type"},
+        **(outcome.admission.headers if outcome.admission is not None else {}),
     })
     # From here on the status line is sent: failures can only be told in the stream itself.
     await response.prepare(request)

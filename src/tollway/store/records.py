@@ -19,6 +19,14 @@ class KeyRecord:
     """Glob patterns of the models the key may use; None means every configured model."""
     created_at: datetime
     revoked_at: datetime | None = None
+    rpm: int | None = None
+    """Requests per minute; None: no limit."""
+    itpm: int | None = None
+    """Input tokens per minute."""
+    otpm: int | None = None
+    """Output tokens per minute."""
+    max_concurrency: int | None = None
+    """Requests in flight at once."""
 
     @property
     def active(self) -> bool:

@@ -29,6 +29,10 @@ keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("rpm", Integer, nullable=True),
+    Column("itpm", Integer, nullable=True),
+    Column("otpm", Integer, nullable=True),
+    Column("max_concurrency", Integer, nullable=True),
     Index("ix_keys_updated_at", "updated_at"),
 )
 

@@ -20,7 +20,7 @@ from tollway.store import schema
 from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def async_url(url: str) -> str:
@@ -58,7 +58,8 @@ def _key(row: Any) -> KeyRecord:
     assert created is not None
     return KeyRecord(id=row.id, name=row.name, secret_hash=row.secret_hash, hint=row.hint,
                      models=tuple(row.models) if row.models is not None else None,
-                     created_at=created, revoked_at=_aware(row.revoked_at))
+                     created_at=created, revoked_at=_aware(row.revoked_at), rpm=row.rpm, itpm=row.itpm,
+                     otpm=row.otpm, max_concurrency=row.max_concurrency)
 
 
 class SQLStore:
@@ -120,7 +121,8 @@ class SQLStore:
             await conn.execute(insert(schema.keys).values(
                 id=key.id, name=key.name, secret_hash=key.secret_hash, hint=key.hint,
                 models=list(key.models) if key.models is not None else None,
-                created_at=key.created_at, revoked_at=key.revoked_at, updated_at=key.created_at))
+                created_at=key.created_at, revoked_at=key.revoked_at, updated_at=key.created_at, rpm=key.rpm,
+                itpm=key.itpm, otpm=key.otpm, max_concurrency=key.max_concurrency))
 
     async def list_keys(self) -> list[KeyRecord]:
         async with self.engine.connect() as conn:
@@ -138,6 +140,14 @@ class SQLStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.secret_hash == secret_hash))).first()
         return None if row is None else _key(row)
+
+    async def update_key_limits(self, key_id: str, limits: dict[str, int | None]) -> bool:
+        """Set some of rpm, itpm, otpm, max_concurrency (None removes a limit); True if the key exists."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(schema.keys).where(schema.keys.c.id == key_id)
+                .values(**limits, updated_at=datetime.now(UTC)))
+        return result.rowcount > 0
 
     async def revoke_key(self, key_id: str) -> bool:
         now = datetime.now(UTC)

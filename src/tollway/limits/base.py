@@ -1,0 +1,76 @@
+"""The limiter interface and the generic cell rate algorithm (GCRA) it is built on.
+
+GCRA is a token bucket kept as one number per limit: the theoretical arrival time (TAT), the moment the
+bucket would be full again. A limit of ``limit`` units per ``period`` seconds refills one unit every
+``T = period / limit`` seconds and holds at most ``limit`` units. Taking ``cost`` units moves TAT to
+``max(TAT, now) + cost * T``; that is allowed if the new TAT is at most ``now + period`` (the bucket
+held ``cost`` units). It needs no timer and no reset job, and a refund moves TAT back. No library on PyPI
+fits: the well-kept rate-limit libraries count requests in windows, not weighted token buckets, and
+GCRA is a few lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    limit: int
+    """Units per period (requests, or tokens)."""
+    period: float = 60.0
+
+    @property
+    def interval(self) -> float:
+        return self.period / self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    name: str
+    """What is limited, e.g. ``key_abc:rpm``."""
+    cost: int
+    quota: Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    """Units left after this take (or before it, when refused)."""
+    reset_at: float
+    """Epoch seconds at which the bucket is full again."""
+    retry_after: float
+    """Seconds until this take would fit; 0 when allowed."""
+
+
+def gcra(tat: float, now: float, cost: int, quota: Quota) -> tuple[float, Decision]:
+    """The new TAT and the decision for taking ``cost`` at ``now`` from a bucket whose TAT is ``tat``."""
+    base = max(tat, now)
+    new_tat = base + cost * quota.interval
+    allow_at = new_tat - quota.period
+    if allow_at > now + 1e-9:
+        remaining = max(0, math.floor((now + quota.period - base) / quota.interval + 1e-9))
+        # A cost larger than the whole bucket can never fit: its wait is reported as one full period.
+        wait = quota.period if cost > quota.limit else allow_at - now
+        return tat, Decision(False, quota.limit, remaining, base, wait)
+    remaining = max(0, math.floor((now + quota.period - new_tat) / quota.interval + 1e-9))
+    return new_tat, Decision(True, quota.limit, remaining, new_tat, 0.0)
+
+
+class Limiter(Protocol):
+    async def take(self, takes: Sequence[Take]) -> list[Decision]:
+        """Take every cost or none: if one limit refuses, nothing is taken from the others."""
+
+    async def refund(self, takes: Sequence[Take]) -> None:
+        """Give back units taken but not used (an output estimate above the real count)."""
+
+    async def acquire(self, name: str, limit: int) -> bool:
+        """One more concurrent request under ``name``, if fewer than ``limit`` are running."""
+
+    async def release(self, name: str) -> None:
+        """A concurrent request under ``name`` has ended."""

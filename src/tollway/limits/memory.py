@@ -1,0 +1,50 @@
+"""Limits kept in this process: exact under any concurrency, since no counter is read and written across
+an ``await``; they do not add up across processes or replicas."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from tollway.limits.base import Decision, Take, gcra
+
+
+class MemoryLimiter:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._running: dict[str, int] = {}
+
+    async def take(self, takes: Sequence[Take]) -> list[Decision]:
+        now = self._clock()
+        results = [gcra(self._tat.get(t.name, now), now, t.cost, t.quota) for t in takes]
+        if all(decision.allowed for _, decision in results):
+            for take, (tat, _) in zip(takes, results, strict=True):
+                self._tat[take.name] = tat
+        elif any(d.allowed for _, d in results):
+            # All or nothing: the limits that would have allowed it report what they still hold.
+            results = [(tat, d if not d.allowed else _unspent(d, take)) for take, (tat, d) in zip(
+                takes, results, strict=True)]
+        return [d for _, d in results]
+
+    async def refund(self, takes: Sequence[Take]) -> None:
+        now = self._clock()
+        for t in takes:
+            tat = self._tat.get(t.name)
+            if tat is not None and t.cost > 0:
+                self._tat[t.name] = max(now, tat - t.cost * t.quota.interval)
+
+    async def acquire(self, name: str, limit: int) -> bool:
+        running = self._running.get(name, 0)
+        if running >= limit:
+            return False
+        self._running[name] = running + 1
+        return True
+
+    async def release(self, name: str) -> None:
+        self._running[name] = max(0, self._running.get(name, 0) - 1)
+
+
+def _unspent(decision: Decision, take: Take) -> Decision:
+    return Decision(True, decision.limit, min(decision.limit, decision.remaining + take.cost),
+                    decision.reset_at - take.cost * take.quota.interval, 0.0)

@@ -1,0 +1,92 @@
+"""The contract every limiter backend keeps, run against each (the in-process one for now)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tollway.limits import Limiter, MemoryLimiter, Quota, Take
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory"])
+def limiter(request: pytest.FixtureRequest, clock: Clock) -> Limiter:
+    assert request.param == "memory"
+    return MemoryLimiter(clock)
+
+
+RPM = Quota(60)  # one a second, sixty at most
+
+
+async def test_a_full_bucket_allows_its_limit_then_refuses(limiter: Limiter, clock: Clock) -> None:
+    for i in range(60):
+        (d,) = await limiter.take([Take("k:rpm", 1, RPM)])
+        assert d.allowed and d.remaining == 59 - i
+    (d,) = await limiter.take([Take("k:rpm", 1, RPM)])
+    assert not d.allowed and d.remaining == 0
+    assert d.retry_after == pytest.approx(1.0)
+    clock.now += 1.0
+    (d,) = await limiter.take([Take("k:rpm", 1, RPM)])
+    assert d.allowed
+
+
+async def test_weighted_costs_and_reset_time(limiter: Limiter, clock: Clock) -> None:
+    tokens = Quota(1000)
+    (d,) = await limiter.take([Take("k:itpm", 400, tokens)])
+    assert d.allowed and d.remaining == 600
+    assert d.reset_at == pytest.approx(clock.now + 24.0)  # 400 tokens refill in 24 s
+    (d,) = await limiter.take([Take("k:itpm", 700, tokens)])
+    assert not d.allowed and d.retry_after == pytest.approx(6.0)  # 100 more tokens take 6 s
+    (d,) = await limiter.take([Take("k:itpm", 5000, tokens)])
+    assert not d.allowed and d.retry_after == pytest.approx(60.0)
+
+
+async def test_all_or_nothing(limiter: Limiter) -> None:
+    small = Quota(1)
+    await limiter.take([Take("k:otpm", 1, small)])
+    decisions = await limiter.take([Take("k:rpm", 1, RPM), Take("k:otpm", 1, small)])
+    assert [d.allowed for d in decisions] == [True, False]
+    # Nothing was taken from the rpm bucket by the refused request.
+    (d,) = await limiter.take([Take("k:rpm", 1, RPM)])
+    assert d.remaining == 59
+
+
+async def test_refund_gives_units_back(limiter: Limiter) -> None:
+    tokens = Quota(1000)
+    await limiter.take([Take("k:otpm", 1000, tokens)])
+    await limiter.refund([Take("k:otpm", 700, tokens)])
+    (d,) = await limiter.take([Take("k:otpm", 700, tokens)])
+    assert d.allowed
+
+
+async def test_names_are_independent(limiter: Limiter) -> None:
+    one = Quota(1)
+    assert (await limiter.take([Take("a", 1, one)]))[0].allowed
+    assert (await limiter.take([Take("b", 1, one)]))[0].allowed
+    assert not (await limiter.take([Take("a", 1, one)]))[0].allowed
+
+
+async def test_concurrency_slots(limiter: Limiter) -> None:
+    assert await limiter.acquire("k:conc", 2)
+    assert await limiter.acquire("k:conc", 2)
+    assert not await limiter.acquire("k:conc", 2)
+    await limiter.release("k:conc")
+    assert await limiter.acquire("k:conc", 2)
+
+
+async def test_exact_under_concurrency(limiter: Limiter) -> None:
+    results = await asyncio.gather(*(limiter.take([Take("k:rpm", 1, RPM)]) for _ in range(500)))
+    assert sum(d.allowed for (d,) in results) == 60
