@@ -139,7 +139,7 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         raise NotFound(f"model: {info.model}")
     if not may_use(key, info.model):
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
-    if not counting:
+    if not counting and key.limited:
         outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)

@@ -32,6 +32,10 @@ class KeyRecord:
     def active(self) -> bool:
         return self.revoked_at is None
 
+    @property
+    def limited(self) -> bool:
+        return (self.rpm, self.itpm, self.otpm, self.max_concurrency) != (None, None, None, None)
+
 
 class UsageRecord(NamedTuple):
     """One request's row in the ledger.
