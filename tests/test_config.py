@@ -455,3 +455,25 @@ def test_routing_keys() -> None:
 def test_routing_key_errors(target: dict[str, object], message: str) -> None:
     raw = minimal(models=[{"name": "m", "targets": [{"upstream": "mock", **target}]}])
     assert message in config_error(raw)
+
+
+def test_prices_on_models_and_targets() -> None:
+    raw = minimal(models=[{"name": "m", "prices": {"input": 0.3, "output": 1.2},
+                           "targets": [{"upstream": "mock"}, {"upstream": "mock", "priority": 2,
+                                                              "prices": {"input": 2, "output": 8, "cache_read": 0}}]}])
+    model = parse(raw).models[0]
+    assert model.prices is not None and model.targets[0].prices is None
+    assert (str(model.prices.input), str(model.prices.output), str(model.prices.cache_read)) == ("0.3", "1.2", "0.03")
+    target = model.targets[1].prices
+    assert target is not None and (str(target.input), str(target.cache_write_5m), str(target.cache_read)) == (
+        "2", "2.50", "0")
+
+
+@pytest.mark.parametrize(("prices", "message"), [
+    ({"output": 1}, "models[0].prices.input: is required"),
+    ({"input": -1, "output": 1}, "models[0].prices.input: must be a number"),
+    ({"input": 1, "output": 1, "vat": 2}, "models[0].prices.vat: unknown key"),
+])
+def test_price_errors(prices: dict[str, object], message: str) -> None:
+    raw = minimal(models=[{"name": "m", "prices": prices, "targets": [{"upstream": "mock"}]}])
+    assert message in config_error(raw)

@@ -16,7 +16,6 @@ from decimal import Decimal
 
 from tollway import __version__
 from tollway.accounting.keys import new_key
-from tollway.accounting.pricing import cost_usd
 from tollway.config import Config, load_config
 from tollway.errors import ConfigError
 from tollway.store import SQLStore, open_store
@@ -71,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NANO = Decimal(1_000_000_000)
 LIMIT_FLAGS = (("rpm", "requests per minute"), ("itpm", "input tokens per minute"),
                ("otpm", "output tokens per minute"), ("max_concurrency", "requests in flight at once"))
 
@@ -192,7 +192,8 @@ async def _usage(args: argparse.Namespace, store: SQLStore) -> int:
     table = [header]
     total = Decimal(0)
     for r in rows:
-        cost = cost_usd(r.model, r)
+        # The cost each row was given when it was served (its target's price then), summed exactly.
+        cost = None if r.cost_nanousd is None else Decimal(r.cost_nanousd) / NANO
         total += cost or 0
         table.append((r.key_name or r.key_id or "(no key)", r.model or "-", str(r.requests), str(r.errors),
                       str(r.input_tokens), str(r.output_tokens), str(r.cache_creation_5m + r.cache_creation_1h),
@@ -201,5 +202,5 @@ async def _usage(args: argparse.Namespace, store: SQLStore) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
                                                                                                    strict=True))))
-    print(f"total cost USD: {total:.6f} (list prices)")
+    print(f"total cost USD: {total:.6f}")
     return 0

@@ -12,11 +12,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from tollway.errors import ConfigError
-from tollway.protocol.catalog import SEED_MODELS
+from tollway.protocol.catalog import SEED_MODELS, Prices
 from tollway.upstream_options import FAMILIES, OpenAIOptions, guess_family, options_for
 
 UPSTREAM_KINDS = ("anthropic", "openai", "mock")
@@ -67,6 +68,8 @@ class TargetConfig:
     """Share of traffic among the targets of the same priority."""
     priority: int = 1
     """Lower goes first; a priority is used only when every target of the ones before has no capacity left."""
+    prices: Prices | None = None
+    """What this target costs, when it is not the model's price (another upstream's rates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,8 @@ class ModelConfig:
     max_tokens: int | None = None
     """Largest max_tokens accepted; defaults to the catalog's cap for known models."""
     retry: RetryConfig = field(default_factory=RetryConfig)
+    prices: Prices | None = None
+    """Overrides the list price of a known model; None keeps it (and unknown models cost nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +326,11 @@ def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
 
 
 def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
-    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry"})
+    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry", "prices"})
     name = m.string("name")
     targets = []
     for t in m.tables("targets"):
-        t.check_keys({"upstream", "model", "weight", "priority"})
+        t.check_keys({"upstream", "model", "weight", "priority", "prices"})
         upstream = t.string("upstream")
         if upstream not in upstream_names:
             known = ", ".join(sorted(upstream_names)) or "none is configured"
@@ -334,7 +339,7 @@ def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
         if weight <= 0:
             raise t.fail("weight", "must be greater than 0")
         targets.append(TargetConfig(upstream=upstream, model=t.optional_string("model"), weight=weight,
-                                    priority=t.integer("priority", 1, minimum=1)))
+                                    priority=t.integer("priority", 1, minimum=1), prices=_parse_prices(t)))
     if not targets:
         raise m.fail("targets", "at least one target is required")
     max_tokens = m.integer("max_tokens", None, minimum=1) if "max_tokens" in m.data else None
@@ -343,4 +348,30 @@ def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
     retry = RetryConfig(attempts=r.integer("attempts", None, minimum=1, maximum=20) if "attempts" in r.data else None,
                         backoff=r.number("backoff", 0.5))
     return ModelConfig(name=name, targets=tuple(targets), display_name=m.optional_string("display_name"),
-                       created_at=m.optional_string("created_at"), max_tokens=max_tokens, retry=retry)
+                       created_at=m.optional_string("created_at"), max_tokens=max_tokens, retry=retry,
+                       prices=_parse_prices(m))
+
+
+def _parse_prices(r: _Reader) -> Prices | None:
+    """``prices = { input = 3, output = 15 }`` in dollars per million tokens; cache prices default to
+    Anthropic's multipliers of the input price."""
+    if "prices" not in r.data:
+        return None
+    p = r.table("prices")
+    p.check_keys({"input", "output", "cache_write_5m", "cache_write_1h", "cache_read"})
+    for required in ("input", "output"):
+        if required not in p.data:
+            raise p.fail(required, "is required")
+
+    def price(key: str) -> Decimal:
+        value = p.data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise p.fail(key, "must be a number of dollars per million tokens, 0 or more")
+        # Through str: TOML floats are binary, and 0.3 must stay 0.3.
+        return Decimal(str(value))
+
+    base = Prices.list(str(price("input")), str(price("output")))
+    return Prices(base.input, base.output,
+                  price("cache_write_5m") if "cache_write_5m" in p.data else base.cache_write_5m,
+                  price("cache_write_1h") if "cache_write_1h" in p.data else base.cache_write_1h,
+                  price("cache_read") if "cache_read" in p.data else base.cache_read)

@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from tollway.accounting.pricing import cost_usd
+from tollway.accounting.pricing import cost_nanousd, cost_usd
 from tollway.protocol.catalog import LIST_PRICES, SEED_MODELS
+from tollway.protocol.usage import Usage
 from tollway.store import UsageSummary
 
 
@@ -108,3 +109,16 @@ def test_single_tokens_are_exact_not_float() -> None:
 @pytest.mark.parametrize("model", [None, "", "claude-unknown-9", "mock-model", "claude-sonnet-4-6 "])
 def test_unknown_model_has_no_price(model: str | None) -> None:
     assert cost_usd(model, summary(inp=1000, out=1000)) is None
+
+
+@pytest.mark.parametrize("model", sorted(SMALL))
+def test_per_request_cost_in_nano_dollars_is_exact(model: str) -> None:
+    usage = Usage(input_tokens=1234, output_tokens=567, cache_creation_5m=2000, cache_read_input_tokens=10_000)
+    nano = cost_nanousd(LIST_PRICES[model], usage)
+    assert isinstance(nano, int)
+    assert Decimal(nano) / Decimal(10**9) == Decimal(SMALL[model])
+
+
+def test_one_cache_read_costs_a_whole_number_of_nano_dollars() -> None:
+    assert cost_nanousd(LIST_PRICES["claude-haiku-4-5-20251001"], Usage(cache_read_input_tokens=1)) == 100
+    assert cost_nanousd(LIST_PRICES["claude-opus-4-1-20250805"], Usage(cache_creation_5m=1)) == 18_750

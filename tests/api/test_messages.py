@@ -165,6 +165,8 @@ def test_non_stream_usage_row_has_cache_tiers(gateway: Gateway, client: anthropi
     assert (row.input_tokens, row.output_tokens) == (31, 7)
     assert (row.cache_creation_input_tokens, row.cache_read_input_tokens) == (12, 1024)
     assert (row.cache_creation_5m, row.cache_creation_1h) == (8, 4)
+    # Sonnet 4.6 list prices, per million: 31*$3 + 7*$15 + 8*$3.75 + 4*$6 + 1024*$0.30 = $559.2 -> $0.0005592.
+    assert row.cost_nanousd == 559_200
     assert (row.model, row.upstream, row.upstream_model, row.stream) == ("claude-sonnet-4-6", "fake",
                                                                          "claude-sonnet-4-6", False)
     assert row.key_id == gateway.key_id("main")

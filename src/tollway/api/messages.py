@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from tollway.accounting.keys import may_use
+from tollway.accounting.pricing import cost_nanousd
 from tollway.api.auth import authenticate
 from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_ID, STREAM_STARTED, error_payload
@@ -31,6 +32,7 @@ from tollway.errors import (
 )
 from tollway.limits import policy as limit_policy
 from tollway.limits.policy import Admission
+from tollway.protocol.catalog import Prices
 from tollway.protocol.sse import encode_event
 from tollway.protocol.usage import Usage
 from tollway.protocol.validate import validate_request
@@ -71,6 +73,7 @@ class Outcome:
     tries: list[Try] | None = None
     admission: Admission | None = None
     """What the request took from its key's rate limits."""
+    prices: Prices | None = None
 
     def fail(self, status: int, error_type: str | None) -> None:
         self.status, self.error_type = status, error_type
@@ -91,6 +94,7 @@ class Outcome:
             # One try is the row itself; more are listed, so a failover can be audited.
             tries=orjson.dumps([t.as_json() for t in self.tries]).decode() if self.tries and (
                 len(self.tries) > 1 or self.status >= 400) else None,
+            cost_nanousd=None if self.prices is None else cost_nanousd(self.prices, u),
         )
 
 
@@ -164,6 +168,7 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         reply, candidate = await services.router.send(route, routed)
         provider = candidate.provider
         outcome.upstream, outcome.upstream_model = provider.name, candidate.target.model
+        outcome.prices = candidate.target.prices
         outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         if reply.chunks is not None:
             return await _stream(request, services, reply, outcome, request_id)

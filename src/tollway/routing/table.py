@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tollway.config import Config, ModelConfig, RetryConfig
-from tollway.protocol.catalog import CATALOG
+from tollway.protocol.catalog import CATALOG, LIST_PRICES, Prices
 from tollway.providers import Provider, build_provider
 
 
@@ -18,6 +18,8 @@ class Target:
     """Whether that name differs from the client's, so the body must be re-encoded."""
     weight: float = 1.0
     priority: int = 1
+    prices: Prices | None = None
+    """What a request to this target costs: the target's own price, else the model's, else none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +42,11 @@ class RoutingTable:
 
     def _route(self, model: ModelConfig) -> Route:
         info = CATALOG.get(model.name)
+        model_prices = model.prices or LIST_PRICES.get(model.name)
         targets = tuple(
             Target(provider=self.providers[t.upstream], model=t.model or model.name,
-                   rewrite=bool(t.model) and t.model != model.name, weight=t.weight, priority=t.priority)
+                   rewrite=bool(t.model) and t.model != model.name, weight=t.weight, priority=t.priority,
+                   prices=t.prices or model_prices)
             for t in model.targets
         )
         return Route(

@@ -66,6 +66,8 @@ class UsageRecord(NamedTuple):
     ttfb_ms: float | None = None
     tries: str | None = None
     """JSON list of the upstream tries when there was more than one or the request failed."""
+    cost_nanousd: int | None = None
+    """What the request cost, in 1e-9 US dollars; None when its model has no price."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,5 @@ class UsageSummary:
     cache_creation_5m: int
     cache_creation_1h: int
     cache_read_input_tokens: int
+    cost_nanousd: int | None = None
+    """Summed over the rows that have a cost; None when none has."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -59,6 +60,7 @@ usage = Table(
     Column("latency_ms", Float, nullable=False),
     Column("ttfb_ms", Float, nullable=True),
     Column("tries", Text, nullable=True),
+    Column("cost_nanousd", BigInteger, nullable=True),
     Index("ix_usage_key_created", "key_id", "created_at"),
     Index("ix_usage_created", "created_at"),
 )

@@ -20,7 +20,7 @@ from tollway.store import schema
 from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def async_url(url: str) -> str:
@@ -195,7 +195,7 @@ class SQLStore:
                    func.sum((u.c.status >= 400).cast(Integer)).label("errors"),
                    func.sum(u.c.input_tokens), func.sum(u.c.output_tokens),
                    func.sum(u.c.cache_creation_5m), func.sum(u.c.cache_creation_1h),
-                   func.sum(u.c.cache_read_input_tokens))
+                   func.sum(u.c.cache_read_input_tokens), func.sum(u.c.cost_nanousd))
             .select_from(u.outerjoin(k, u.c.key_id == k.c.id))
             .group_by(u.c.key_id, k.c.name, u.c.model)
             .order_by(k.c.name, u.c.model)
@@ -207,4 +207,5 @@ class SQLStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(query)
             return [UsageSummary(r[0], r[1], r[2], int(r[3]), int(r[4] or 0), int(r[5] or 0), int(r[6] or 0),
-                                 int(r[7] or 0), int(r[8] or 0), int(r[9] or 0)) for r in rows]
+                                 int(r[7] or 0), int(r[8] or 0), int(r[9] or 0),
+                                 None if r[10] is None else int(r[10])) for r in rows]
