@@ -90,3 +90,16 @@ async def test_concurrency_slots(limiter: Limiter) -> None:
 async def test_exact_under_concurrency(limiter: Limiter) -> None:
     results = await asyncio.gather(*(limiter.take([Take("k:rpm", 1, RPM)]) for _ in range(500)))
     assert sum(d.allowed for (d,) in results) == 60
+
+
+async def test_a_refund_never_frees_capacity_twice(limiter: Limiter, clock: Clock) -> None:
+    tokens = Quota(1000)
+    (a,) = await limiter.take([Take("k:otpm", 1000, tokens)])
+    clock.now += 30
+    (b,) = await limiter.take([Take("k:otpm", 500, tokens)])
+    assert a.allowed and b.allowed
+    clock.now += 1
+    # A used nothing; half its charge has already come back on its own, so only the rest may be refunded.
+    await limiter.refund([Take("k:otpm", 1000, tokens, a.reset_at)])
+    (c,) = await limiter.take([Take("k:otpm", 1000, tokens)])
+    assert not c.allowed  # B's 500 are still out

@@ -285,3 +285,19 @@ def test_a_stream_that_breaks_counts_against_the_upstream(gw: Gateway, fakes: di
     post(gw, gw.create_key(), stream=True)
     state = health(gw)["a"]
     assert state["errors"] == 1 and state["failures"] == 1 and "stream broke" in state["last_error"]
+
+
+def test_headers_then_silence_times_out_and_fails_over(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force = "mute"
+    started = time.monotonic()
+    r = post(gw, gw.create_key(), model="claude-sonnet-4-5-20250929", stream=True)
+    assert r.status_code == 200 and r.text.rstrip().endswith('{"type":"message_stop"}')
+    assert tries(gw, r) == [("a-short", 504), ("b", 200)]
+    assert time.monotonic() - started < 3
+
+
+def test_configured_attempts_also_wait_for_a_streams_first_chunk(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    fakes["a"].fake.force, fakes["a"].fake.force_count = "die:0", 1
+    r = post(gw, gw.create_key(), model="claude-opus-4-5-20251101", stream=True)
+    assert r.text.rstrip().endswith('{"type":"message_stop"}')
+    assert tries(gw, r) == [("a", 502), ("a", 200)]

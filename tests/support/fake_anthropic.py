@@ -11,7 +11,8 @@ concurrent tests never share state:
 - ``die:N``: a stream that sends N events and then drops the connection;
 - ``hang``: a stream that sends ``message_start`` and then nothing, until its client leaves;
 - ``slow:MS``: the echo stream with MS milliseconds between events;
-- ``stall:SECONDS``: nothing at all (no status line) for that long, then the echo answer.
+- ``stall:SECONDS``: nothing at all (no status line) for that long, then the echo answer;
+- ``mute``: the status line and headers of a stream, then nothing, until the client leaves.
 
 A test can also force a scenario on one fake, whatever the header says: ``force`` (for the next
 ``force_count`` requests, or all when None), optionally only for requests made with ``force_key``;
@@ -127,6 +128,10 @@ class FakeAnthropic:
                 return await self._die(request, body, int(arg))
             if kind == "hang":
                 return await self._hang(request, body)
+            if kind == "mute":
+                response = await self._start_stream(request)
+                await asyncio.sleep(60)
+                return response
             if kind == "slow":
                 return await self._slow(request, body, int(arg) / 1000)
             return await self._echo(request, body)

@@ -180,6 +180,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         return web.Response(status=reply.status, body=reply.body, headers=headers)
     except TollwayError as exc:
         outcome.fail(exc.status, exc.error_type)
+        if outcome.admission is not None:
+            exc.headers = {**outcome.admission.headers, **exc.headers}
         raise
     except orjson.JSONEncodeError:
         # orjson reads JSON nested up to 1,024 levels but writes only about 250: a body Tollway must

@@ -34,6 +34,9 @@ class Take:
     """What is limited, e.g. ``key_abc:rpm``."""
     cost: int
     quota: Quota
+    until: float | None = None
+    """For a refund: the ``reset_at`` the take was given. A refund gives back at most what the bucket has
+    not regained on its own since then, so it never frees capacity twice."""
 
 
 @dataclass(frozen=True, slots=True)

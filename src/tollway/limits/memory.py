@@ -31,8 +31,12 @@ class MemoryLimiter:
         now = self._clock()
         for t in takes:
             tat = self._tat.get(t.name)
-            if tat is not None and t.cost > 0:
-                self._tat[t.name] = max(now, tat - t.cost * t.quota.interval)
+            if tat is None or t.cost <= 0:
+                continue
+            seconds = t.cost * t.quota.interval
+            if t.until is not None:
+                seconds = min(seconds, max(0.0, t.until - now))
+            self._tat[t.name] = max(now, tat - seconds)
 
     async def acquire(self, name: str, limit: int) -> bool:
         running = self._running.get(name, 0)

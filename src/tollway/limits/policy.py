@@ -31,6 +31,7 @@ class Admission:
     """What one request took, to give back what it did not use and to label its answer."""
 
     takes: dict[str, Take] = field(default_factory=dict)
+    """What was taken, each with the ``reset_at`` it was given (so a refund cannot free capacity twice)."""
     headers: dict[str, str] = field(default_factory=dict)
     slot: str | None = None
 
@@ -55,8 +56,12 @@ def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
 async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: int) -> Admission:
     """Take this request from the key's limits, or raise `RateLimited` having taken nothing."""
     admission = Admission()
-    costs = {"rpm": (key.rpm, 1), "itpm": (key.itpm, max(1, body_size // BYTES_PER_TOKEN)),
-             "otpm": (key.otpm, max_tokens)}
+    # A charge is capped at the whole bucket: an estimate (a 200 KB body of mostly cached prompt, Claude
+    # Code's max_tokens of 32,000) above the limit would otherwise be refused forever, and the SDKs would
+    # keep retrying it. The refund after the answer brings it down to what was really used.
+    costs = {"rpm": (key.rpm, 1),
+             "itpm": (key.itpm, min(max(1, body_size // BYTES_PER_TOKEN), key.itpm or 0)),
+             "otpm": (key.otpm, min(max_tokens, key.otpm or 0))}
     takes = {kind: Take(f"{key.id}:{kind}", cost, Quota(limit)) for kind, (limit, cost) in costs.items()
              if limit is not None}
     if takes:
@@ -68,13 +73,15 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
             which = ", ".join(_HEADER_NAMES[k].replace("-", " ") for k, d in decisions.items() if not d.allowed)
             raise RateLimited(f"This request would exceed the key's rate limit for {which} per minute.",
                               headers={**admission.headers, "retry-after": str(max(1, math.ceil(wait)))})
-        admission.takes = takes
+        admission.takes = {kind: Take(t.name, t.cost, t.quota, decisions[kind].reset_at)
+                           for kind, t in takes.items()}
     if key.max_concurrency is not None:
         slot = f"{key.id}:concurrency"
         if not await limiter.acquire(slot, key.max_concurrency):
             await limiter.refund(list(admission.takes.values()))
+            # No ratelimit headers: the counts above were taken and just given back.
             raise RateLimited(f"This key already has {key.max_concurrency} requests in flight, its limit.",
-                              headers={**admission.headers, "retry-after": "1"})
+                              headers={"retry-after": "1"})
         admission.slot = slot
     return admission
 
@@ -85,7 +92,7 @@ async def settle(limiter: Limiter, admission: Admission, input_tokens: int, outp
     for kind, used in (("itpm", input_tokens), ("otpm", output_tokens)):
         take = admission.takes.get(kind)
         if take is not None and take.cost > used:
-            refunds.append(Take(take.name, take.cost - used, take.quota))
+            refunds.append(Take(take.name, take.cost - used, take.quota, take.until))
     if refunds:
         await limiter.refund(refunds)
     if admission.slot is not None:

@@ -51,6 +51,11 @@ class HTTPProvider(Provider):
         connection = resp.connection
         if connection is not None and connection.protocol is not None:
             connection.protocol.read_timeout = self.config.timeout_idle
+            # Setting it only stores it: the timer would start with the next packet, so an upstream that
+            # sends its headers and then nothing would never time out. Not once the body has ended: the
+            # timer would then fire on an idle pooled connection.
+            if not resp.content.is_eof():
+                connection.protocol.start_timeout()
         return resp
 
     async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:

@@ -181,7 +181,8 @@ class Router:
                 if candidate.provider.name in failed_upstreams:
                     continue
                 # With nothing left to fail over to, a stream need not wait for its first chunk here.
-                last_chance = len(request.tries) + 1 >= attempts or candidate is planned[-1]
+                last_chance = len(request.tries) + 1 >= attempts or (
+                    candidate is planned[-1] and route.retry.attempts is None)
                 outcome = await self._try(request, candidate, preferred, prefetch=not last_chance)
                 if isinstance(outcome, UpstreamReply):
                     scope = classify(outcome.status, outcome.headers) if outcome.status >= 400 else None
