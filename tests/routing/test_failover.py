@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -301,3 +302,30 @@ def test_configured_attempts_also_wait_for_a_streams_first_chunk(gw: Gateway, fa
     r = post(gw, gw.create_key(), model="claude-opus-4-5-20251101", stream=True)
     assert r.text.rstrip().endswith('{"type":"message_stop"}')
     assert tries(gw, r) == [("a", 502), ("a", 200)]
+
+
+def test_a_client_that_leaves_mid_try_is_recorded_in_the_tries(gw: Gateway, fakes: dict[str, Fake]) -> None:
+    import asyncio
+
+    import aiohttp
+
+    secret = gw.create_key("leaver")
+    fakes["a"].fake.force = "stall:5"
+
+    async def leave() -> None:
+        async with aiohttp.ClientSession() as session:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await session.post(f"{gw.url}/v1/messages", json=BODY, headers={"x-api-key": secret})
+
+    asyncio.run(leave())
+    key_id = gw.key_id("leaver")
+    deadline = time.monotonic() + 10
+    rows: list[Any] = []
+    while not rows and time.monotonic() < deadline:
+        rows = [r for r in gw.usage() if r.key_id == key_id]
+        time.sleep(0.05)
+    assert len(rows) == 1
+    assert (rows[0].status, rows[0].error_type, rows[0].upstream) == (499, "client_closed", "a")
+    assert json.loads(rows[0].tries) == [{"upstream": "a", "key": 0, "status": 499, "error": "client_closed",
+                                          "ms": json.loads(rows[0].tries)[0]["ms"]}]
