@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -225,3 +226,28 @@ def test_keys_limits_create_update_and_list(cli: CLI) -> None:
         assert conn.execute("SELECT rpm, itpm, otpm, max_concurrency FROM keys").fetchone() == (None, 30000, 8000, 4)
     cli.run("keys", "update", "key_nope", "--rpm", "1", code=1)
     cli.run("keys", "update", key_id, code=2)
+
+
+async def test_usage_by_upstream_and_day_as_json_and_csv(cli: CLI) -> None:
+    now = datetime.now(UTC)
+    await fill_usage(cli.db, now)
+    records = json.loads(cli.run("usage", "--by", "day,model", "--format", "json").stdout)
+    days = {(r["day"], r["model"]): r for r in records}
+    def day(ago: timedelta) -> str:
+        return (now - ago).strftime("%Y-%m-%d")
+
+    # The rows fill_usage writes, by the UTC day each falls on (two may straddle midnight).
+    assert set(days) == {(day(timedelta(hours=1)), "claude-sonnet-4-6"), (day(timedelta(hours=2)), "claude-sonnet-4-6"),
+                         (day(timedelta(days=3)), "claude-haiku-4-5-20251001"),
+                         (day(timedelta(minutes=5)), "mock-model")}
+    sonnet = [r for r in records if r["model"] == "claude-sonnet-4-6"]
+    assert sum(r["requests"] for r in sonnet) == 2 and sum(r["errors"] for r in sonnet) == 1
+    assert "key" not in records[0]
+    by_upstream = json.loads(cli.run("usage", "--by", "upstream", "--format", "json").stdout)
+    assert by_upstream == [{"upstream": "mock", "requests": 4, "errors": 1, "input_tokens": 1_001_010,
+                            "output_tokens": 2010, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
+                            "cache_read_tokens": 0, "cost_usd": "1.033000000"}]
+    lines = cli.run("usage", "--by", "key", "--format", "csv").stdout.splitlines()
+    assert lines[0].startswith("key,key_id,requests,errors,")
+    assert lines[1].startswith("alice,key_") and lines[1].endswith(",1.033000000")
+    cli.run("usage", "--by", "week", code=2)

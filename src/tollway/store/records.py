@@ -84,3 +84,6 @@ class UsageSummary:
     cache_read_input_tokens: int
     cost_nanousd: int | None = None
     """Summed over the rows that have a cost; None when none has."""
+    upstream: str | None = None
+    day: str | None = None
+    """YYYY-MM-DD (UTC), when grouped by day."""

@@ -21,6 +21,7 @@ from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0004"
+SUMMARY_GROUPS = ("key", "model", "upstream", "day")
 
 
 def async_url(url: str) -> str:
@@ -187,25 +188,49 @@ class SQLStore:
                 out.append(UsageRecord(**values))
             return out
 
-    async def usage_summary(self, key: str | None = None, since: datetime | None = None) -> list[UsageSummary]:
-        """Requests, errors and tokens per key and model; ``key`` matches a key's id or name."""
+    async def usage_summary(self, key: str | None = None, since: datetime | None = None,
+                            by: Sequence[str] = ("key", "model")) -> list[UsageSummary]:
+        """Requests, errors, tokens and cost, grouped ``by`` any of key, model, upstream and day (UTC);
+        ``key`` matches a key's id or name."""
         u, k = schema.usage, schema.keys
+        unknown = set(by) - set(SUMMARY_GROUPS)
+        if unknown:
+            raise ValueError(f"cannot group usage by {', '.join(sorted(unknown))}")
+        columns: dict[str, list[Any]] = {"key": [u.c.key_id, k.c.name], "model": [u.c.model],
+                                         "upstream": [u.c.upstream], "day": [func.date(u.c.created_at).label("day")]}
+        groups = [c for g in SUMMARY_GROUPS if g in by for c in columns[g]]
         query = (
-            select(u.c.key_id, k.c.name, u.c.model, func.count().label("requests"),
+            select(*groups, func.count().label("requests"),
                    func.sum((u.c.status >= 400).cast(Integer)).label("errors"),
                    func.sum(u.c.input_tokens), func.sum(u.c.output_tokens),
                    func.sum(u.c.cache_creation_5m), func.sum(u.c.cache_creation_1h),
                    func.sum(u.c.cache_read_input_tokens), func.sum(u.c.cost_nanousd))
             .select_from(u.outerjoin(k, u.c.key_id == k.c.id))
-            .group_by(u.c.key_id, k.c.name, u.c.model)
-            .order_by(k.c.name, u.c.model)
+            .group_by(*groups)
+            .order_by(*groups)
         )
         if key is not None:
             query = query.where(or_(u.c.key_id == key, k.c.name == key))
         if since is not None:
             query = query.where(u.c.created_at >= since)
         async with self.engine.connect() as conn:
-            rows = await conn.execute(query)
-            return [UsageSummary(r[0], r[1], r[2], int(r[3]), int(r[4] or 0), int(r[5] or 0), int(r[6] or 0),
-                                 int(r[7] or 0), int(r[8] or 0), int(r[9] or 0),
-                                 None if r[10] is None else int(r[10])) for r in rows]
+            rows = list(await conn.execute(query))
+        out = []
+        for r in rows:
+            values: list[Any] = list(r)
+            head = values[:len(groups)]
+            requests, errors, inp, outp, c5m, c1h, read, cost = values[len(groups):]
+            named: dict[str, Any] = {}
+            for g in SUMMARY_GROUPS:
+                if g not in by:
+                    continue
+                if g == "key":
+                    named["key_id"], named["key_name"] = head.pop(0), head.pop(0)
+                else:
+                    value = head.pop(0)
+                    named[g] = None if value is None else str(value)
+            out.append(UsageSummary(
+                named.get("key_id"), named.get("key_name"), named.get("model"), int(requests), int(errors or 0),
+                int(inp or 0), int(outp or 0), int(c5m or 0), int(c1h or 0), int(read or 0),
+                None if cost is None else int(cost), upstream=named.get("upstream"), day=named.get("day")))
+        return out
