@@ -56,6 +56,18 @@ def translation(cells: Cells) -> Figures:
     }
 
 
+def metering(cells: Cells) -> Figures:
+    """What a key with rate limits costs Tollway over one without (issue 5's figure): µs/req and ratio."""
+    return {
+        key: {
+            "cpu_us_per_req_extra": _sub(lim, gw, "cpu_us_per_req"),
+            "cpu_per_req": _div(lim, gw, "cpu_us_per_req"),
+            "p50": _div(lim, gw, "p50_ms"),
+        }
+        for key, lim, gw in _pairs(cells, "tollway-limited", "tollway")
+    }
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
 
@@ -70,7 +82,8 @@ def _block(title: str, columns: list[tuple[str, str]], figures: Figures) -> list
     return lines
 
 
-def markdown(cells: Cells, rat: Figures, trans: Figures, skipped: dict[str, str]) -> str:
+def markdown(cells: Cells, rat: Figures, trans: Figures, skipped: dict[str, str],
+             meter: Figures | None = None) -> str:
     lines = [
         "| target | mode | c | req/s | p50 ms | p99 ms | errors | CPU µs/req | sched µs/req | CPU of |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
@@ -93,6 +106,9 @@ def markdown(cells: Cells, rat: Figures, trans: Figures, skipped: dict[str, str]
             "",
             "(+CPU, +sched: Tollway-openai minus Tollway, µs per request; the other columns: Tollway-openai ÷ Tollway)",
         ]
+    lines += _block("rate limits on (tollway-limited ÷ tollway)",
+                    [("+CPU µs/req", "cpu_us_per_req_extra"), ("CPU/req", "cpu_per_req"), ("p50", "p50")],
+                    meter or {})
     for name, why in skipped.items():
         lines += ["", f"**{name} skipped:**", "```", why, "```"]
     samples = [(c, s) for c in cells for s in c["error_samples"]]

@@ -50,12 +50,14 @@ from procs import (
     wait_tcp,
     write_tollway_config,
 )
-from report import markdown, ratios, translation
+from report import markdown, metering, ratios, translation
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
-TARGETS = ("direct", "relay", "tollway", "direct-openai", "tollway-openai")
+TARGETS = ("direct", "relay", "tollway", "tollway-limited", "direct-openai", "tollway-openai")
+# Limits far above what the bench sends: every request pays for the checks, none is refused.
+LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000"]
 MODES = ("non-stream", "stream")
 
 
@@ -139,15 +141,16 @@ def start_gateway(
 ) -> tuple[list[Target], dict[str, str]]:
     """One Tollway serves both of its rows. If it cannot start with the openai upstream in its config (the
     translation does not import yet, say), tollway-openai is skipped and Tollway retried without it."""
-    wanted = [name for name in ("tollway", "tollway-openai") if name in args.targets]
+    wanted = [name for name in ("tollway", "tollway-limited", "tollway-openai") if name in args.targets]
     skipped: dict[str, str] = {}
     while wanted:
         with_openai = "tollway-openai" in wanted
         started, why = start_tollway(tmp, fake_port, servers, py, with_openai)
         if started is not None:
-            gateway, url, headers = started
-            workloads = {"tollway": ANTHROPIC, "tollway-openai": ANTHROPIC_VIA_OPENAI}
-            return [Target(name, url, headers, gateway, workloads[name]) for name in wanted], skipped
+            gateway, url, headers, limited = started
+            workloads = {"tollway": ANTHROPIC, "tollway-limited": ANTHROPIC, "tollway-openai": ANTHROPIC_VIA_OPENAI}
+            return [Target(name, url, limited if name == "tollway-limited" else headers, gateway, workloads[name])
+                    for name in wanted], skipped
         if not with_openai:
             skipped["tollway"] = why
             break
@@ -158,8 +161,9 @@ def start_gateway(
 
 def start_tollway(
     tmp: Path, fake_port: int, servers: list[Server], py: str, with_openai: bool
-) -> tuple[tuple[Server, str, dict[str, str]] | None, str]:
-    """(the server, its /v1/messages URL, client headers with a fresh key), or None and why."""
+) -> tuple[tuple[Server, str, dict[str, str], dict[str, str]] | None, str]:
+    """(the server, its /v1/messages URL, client headers with a fresh key, and with a rate-limited key), or
+    None and why."""
     stem = "tollway" if with_openai else "tollway-without-openai"
     port = free_port()
     config = tmp / f"{stem}.toml"
@@ -169,6 +173,11 @@ def start_tollway(
     setup, why = create_tollway_key(tollway_candidates(REPO, py), config)
     if setup is None:
         return None, f"`keys create` failed with every launcher:\n{why}"
+    limited = subprocess.run([*setup.command, "keys", "create", "--config", str(config), "--name", "bench-limited",
+                              *LIMITED_KEY], env=setup.env, capture_output=True, text=True, timeout=60, check=False)
+    if limited.returncode != 0:
+        return None, f"`keys create` with limits failed: {limited.stderr.strip()[-500:]}"
+    limited_key = limited.stdout.strip().splitlines()[-1]
     gateway = Server("tollway", [*setup.command, "serve", "--config", str(config)], tmp / f"{stem}.log", setup.env)
     servers.append(gateway)
     gateway.start()
@@ -177,7 +186,8 @@ def start_tollway(
     except RuntimeError as exc:
         gateway.stop()
         return None, str(exc)
-    return (gateway, f"http://127.0.0.1:{port}/v1/messages", client_headers(setup.api_key)), ""
+    url = f"http://127.0.0.1:{port}/v1/messages"
+    return (gateway, url, client_headers(setup.api_key), client_headers(limited_key)), ""
 
 
 @dataclass(frozen=True)
@@ -274,8 +284,8 @@ def main() -> int:
         print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} targets={[t.name for t in targets]} tmp={tmp}")
         started = time.monotonic()
         cells = uvloop.run(measure(targets, servers[0], args))
-        rat, trans = ratios(cells), translation(cells)
-        print("\n" + markdown(cells, rat, trans, skipped) + "\n")
+        rat, trans, meter = ratios(cells), translation(cells), metering(cells)
+        print("\n" + markdown(cells, rat, trans, skipped, meter) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(),
@@ -287,7 +297,8 @@ def main() -> int:
             "tollway_command": next((s.argv for s in servers if s.name == "tollway"), None),
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"meta": meta, "cells": cells, "ratios": rat, "translation": trans, "skipped": skipped}
+        doc = {"meta": meta, "cells": cells, "ratios": rat, "translation": trans, "metering": meter,
+               "skipped": skipped}
         RESULTS.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"wrote {RESULTS.relative_to(REPO)}")
         return 1 if any(c["errors"] for c in cells) else 0
