@@ -10,6 +10,7 @@ headers; a refusal is a 429 ``rate_limit_error`` with ``retry-after``, which the
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,13 @@ _HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-toke
 
 
 def _rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(math.ceil(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339_second(math.ceil(epoch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_second(second: int) -> str:
+    # Formatting a time is most of what the headers cost; many answers share the same reset second.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
