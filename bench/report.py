@@ -41,31 +41,29 @@ def ratios(cells: Cells) -> Figures:
     }
 
 
-def translation(cells: Cells) -> Figures:
-    """What the openai route costs Tollway over its anthropic passthrough: µs/req difference and ratio."""
+def _extra(cells: Cells, target: str, baseline: str) -> Figures:
+    """What ``target`` costs over ``baseline`` (both Tollway rows): µs/req difference and ratios."""
     return {
         key: {
-            "cpu_us_per_req_extra": _sub(oa, gw, "cpu_us_per_req"),
-            "cpu_sched_us_per_req_extra": _sub(oa, gw, "cpu_sched_us_per_req"),
-            "cpu_per_req": _div(oa, gw, "cpu_us_per_req"),
-            "cpu_sched_per_req": _div(oa, gw, "cpu_sched_us_per_req"),
-            "p50": _div(oa, gw, "p50_ms"),
-            "rps": _div(oa, gw, "rps"),
+            "cpu_us_per_req_extra": _sub(t, b, "cpu_us_per_req"),
+            "cpu_sched_us_per_req_extra": _sub(t, b, "cpu_sched_us_per_req"),
+            "cpu_per_req": _div(t, b, "cpu_us_per_req"),
+            "cpu_sched_per_req": _div(t, b, "cpu_sched_us_per_req"),
+            "p50": _div(t, b, "p50_ms"),
+            "rps": _div(t, b, "rps"),
         }
-        for key, oa, gw in _pairs(cells, "tollway-openai", "tollway")
+        for key, t, b in _pairs(cells, target, baseline)
     }
+
+
+def translation(cells: Cells) -> Figures:
+    """What the openai route costs Tollway over its anthropic passthrough."""
+    return _extra(cells, "tollway-openai", "tollway")
 
 
 def metering(cells: Cells) -> Figures:
-    """What a key with rate limits costs Tollway over one without (issue 5's figure): µs/req and ratio."""
-    return {
-        key: {
-            "cpu_us_per_req_extra": _sub(lim, gw, "cpu_us_per_req"),
-            "cpu_per_req": _div(lim, gw, "cpu_us_per_req"),
-            "p50": _div(lim, gw, "p50_ms"),
-        }
-        for key, lim, gw in _pairs(cells, "tollway-limited", "tollway")
-    }
+    """What a key with rate limits costs Tollway over one without (issue 5's figure)."""
+    return _extra(cells, "tollway-limited", "tollway")
 
 
 def _fmt(value: Any) -> str:

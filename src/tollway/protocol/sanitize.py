@@ -16,12 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 SYNTHETIC_PREFIX = "tollway1:"
+_SYNTHETIC_BYTES = SYNTHETIC_PREFIX.encode()
 _THINKING = ("thinking", "redacted_thinking")
 
 
 def needs_sanitizing(body: bytes) -> bool:
     """A cheap test on the raw bytes, so clean requests are never parsed again."""
-    return SYNTHETIC_PREFIX.encode() in body
+    return _SYNTHETIC_BYTES in body
 
 
 def has_signed_thinking(body: bytes) -> bool:

@@ -75,11 +75,6 @@ class Provider(ABC):
     def name(self) -> str:
         return self.config.name
 
-    @property
-    def label(self) -> str:
-        """How the upstream is named to clients and operators."""
-        return self.config.name
-
     @abstractmethod
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         """Start the call; return once the upstream has answered with a status."""

@@ -133,10 +133,6 @@ class MockAnswer:
 
 
 class MockProvider(Provider):
-    @property
-    def label(self) -> str:
-        return f"{self.config.name} (mock)"
-
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         headers = {"content-type": "application/json"}
         if call.endpoint == "count_tokens":

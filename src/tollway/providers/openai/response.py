@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 
 from tollway.errors import UpstreamUnavailable
+from tollway.protocol.sanitize import SYNTHETIC_PREFIX
 from tollway.protocol.usage import Usage
 from tollway.providers.openai.errors import map_upstream_error
 from tollway.providers.openai.names import ToolNames, inbound_id
-
-SIGNATURE_PREFIX = "tollway1:"
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 _CLOSERS = {"{": "}", "[": "]"}
@@ -36,7 +35,7 @@ def synthetic_signature(thinking: str) -> str:
     Anthropic's and drop it, since Anthropic refuses a thinking block whose signature it did not make.
     """
     digest = hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()
-    return SIGNATURE_PREFIX + digest[:32]
+    return SYNTHETIC_PREFIX + digest[:32]
 
 
 def _count(value: object) -> int:
