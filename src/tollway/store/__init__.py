@@ -1,8 +1,16 @@
-"""Durable state: keys and the usage ledger."""
+"""Durable state: keys, accounts, usage rows and the money ledger."""
 
 from __future__ import annotations
 
-from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
+from tollway.store.records import (
+    UNLIMITED,
+    AccountRecord,
+    Budget,
+    KeyRecord,
+    LedgerEntry,
+    UsageRecord,
+    UsageSummary,
+)
 from tollway.store.sql import SQLStore
 
 
@@ -10,4 +18,5 @@ def open_store(url: str) -> SQLStore:
     return SQLStore.open(url)
 
 
-__all__ = ["KeyRecord", "SQLStore", "UsageRecord", "UsageSummary", "open_store"]
+__all__ = ["UNLIMITED", "AccountRecord", "Budget", "KeyRecord", "LedgerEntry", "SQLStore", "UsageRecord",
+           "UsageSummary", "open_store"]

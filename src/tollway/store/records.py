@@ -1,10 +1,42 @@
-"""The rows Tollway keeps: keys and usage. Plain values, shared by every storage backend."""
+"""The rows Tollway keeps: keys, accounts, usage and the money ledger. Plain values, shared by every
+storage backend."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
+
+PERIODS = ("day", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The money limits of a key or an account. Both may have them; a request must fit both."""
+
+    prepaid: bool = False
+    """Requests are paid from a balance (topped up in advance) and refused once it cannot cover them."""
+    cap_nanousd: int | None = None
+    """Most that may be spent per ``cap_period``; None: no cap."""
+    cap_period: str | None = None
+    """``day`` or ``month`` (UTC calendar periods), when there is a cap."""
+
+    @property
+    def limited(self) -> bool:
+        return self.prepaid or self.cap_nanousd is not None
+
+
+UNLIMITED = Budget()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """A customer, team or app: one bill for all its keys."""
+
+    id: str
+    name: str
+    created_at: datetime
+    budget: Budget = UNLIMITED
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +59,8 @@ class KeyRecord:
     """Output tokens per minute."""
     max_concurrency: int | None = None
     """Requests in flight at once."""
+    account_id: str | None = None
+    budget: Budget = UNLIMITED
 
     @property
     def active(self) -> bool:
@@ -87,3 +121,23 @@ class UsageSummary:
     upstream: str | None = None
     day: str | None = None
     """YYYY-MM-DD (UTC), when grouped by day."""
+
+
+LEDGER_KINDS = ("topup", "reserve", "settle", "release")
+
+
+class LedgerEntry(NamedTuple):
+    """One change to a balance. A balance is the sum of its entries.
+
+    A request writes ``reserve`` (minus the most it can cost) and, once it has ended, ``settle`` (plus what
+    the reserve held beyond the real cost) or ``release`` (plus the whole reserve, when it cost nothing).
+    ``topup`` adds money; a negative top-up takes it back.
+    """
+
+    created_at: datetime
+    owner: str
+    """The key's or account's id."""
+    kind: str
+    amount_nanousd: int
+    request_id: str | None = None
+    note: str | None = None

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -34,7 +35,41 @@ keys = Table(
     Column("itpm", Integer, nullable=True),
     Column("otpm", Integer, nullable=True),
     Column("max_concurrency", Integer, nullable=True),
+    Column("account_id", String(40), nullable=True),
+    Column("prepaid", Boolean, nullable=False, server_default=false()),
+    Column("cap_nanousd", BigInteger, nullable=True),
+    Column("cap_period", String(10), nullable=True),
     Index("ix_keys_updated_at", "updated_at"),
+    Index("ix_keys_account", "account_id"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("prepaid", Boolean, nullable=False, server_default=false()),
+    Column("cap_nanousd", BigInteger, nullable=True),
+    Column("cap_period", String(10), nullable=True),
+    Index("ix_accounts_updated_at", "updated_at"),
+)
+
+# Every change to a balance; a balance is the sum of its owner's rows.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("owner", String(40), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("amount_nanousd", BigInteger, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("note", Text, nullable=True),
+    Index("ix_ledger_owner", "owner"),
+    Index("ix_ledger_request", "request_id"),
+    Index("ix_ledger_kind_created", "kind", "created_at"),
 )
 
 usage = Table(

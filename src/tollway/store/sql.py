@@ -1,6 +1,7 @@
-"""The durable store on SQLAlchemy Core: keys and the usage ledger.
+"""The durable store on SQLAlchemy Core: keys, accounts, usage rows and the money ledger.
 
-Nothing here runs on a request's path: keys are read into memory in bulk, usage is written in batches.
+Nothing here runs on a request's path: keys and balances are read into memory in bulk, usage rows and
+ledger entries are written in batches.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tollway.errors import ConfigError
 from tollway.store import schema
-from tollway.store.records import KeyRecord, UsageRecord, UsageSummary
+from tollway.store.records import AccountRecord, Budget, KeyRecord, LedgerEntry, UsageRecord, UsageSummary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 SUMMARY_GROUPS = ("key", "model", "upstream", "day")
 
 
@@ -40,11 +41,10 @@ def _sqlite_time(value: datetime) -> str:
 
 
 @functools.cache
-def _sqlite_insert_sql(rows: int) -> str:
-    columns = ", ".join(UsageRecord._fields)
-    one = "(" + ", ".join("?" * len(UsageRecord._fields)) + ")"
+def _sqlite_insert_sql(table: str, fields: tuple[str, ...], rows: int) -> str:
+    one = "(" + ", ".join("?" * len(fields)) + ")"
     # OR IGNORE: a batch retried after a failure that came after its commit must not fail on its own rows.
-    return f"INSERT OR IGNORE INTO usage ({columns}) VALUES " + ", ".join([one] * rows)
+    return f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES " + ", ".join([one] * rows)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -54,13 +54,46 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def _budget(row: Any) -> Budget:
+    return Budget(prepaid=bool(row.prepaid), cap_nanousd=row.cap_nanousd, cap_period=row.cap_period)
+
+
 def _key(row: Any) -> KeyRecord:
     created = _aware(row.created_at)
     assert created is not None
     return KeyRecord(id=row.id, name=row.name, secret_hash=row.secret_hash, hint=row.hint,
                      models=tuple(row.models) if row.models is not None else None,
                      created_at=created, revoked_at=_aware(row.revoked_at), rpm=row.rpm, itpm=row.itpm,
-                     otpm=row.otpm, max_concurrency=row.max_concurrency)
+                     otpm=row.otpm, max_concurrency=row.max_concurrency, account_id=row.account_id,
+                     budget=_budget(row))
+
+
+def _account(row: Any) -> AccountRecord:
+    created = _aware(row.created_at)
+    assert created is not None
+    return AccountRecord(id=row.id, name=row.name, created_at=created, budget=_budget(row))
+
+
+def _entry(row: Any) -> LedgerEntry:
+    created = _aware(row.created_at)
+    assert created is not None
+    return LedgerEntry(created, row.owner, row.kind, int(row.amount_nanousd), row.request_id, row.note)
+
+
+def _money_table(owner: str) -> Any:
+    """The table holding ``owner``'s money limits, told by its id's prefix."""
+    if owner.startswith("acct_"):
+        return schema.accounts
+    if owner.startswith("key_"):
+        return schema.keys
+    raise ValueError(f"not a key or account id: {owner!r}")
+
+
+def _account_values(account: AccountRecord) -> dict[str, Any]:
+    b = account.budget
+    return {"id": account.id, "name": account.name, "created_at": account.created_at,
+            "updated_at": account.created_at, "prepaid": b.prepaid, "cap_nanousd": b.cap_nanousd,
+            "cap_period": b.cap_period}
 
 
 class SQLStore:
@@ -117,13 +150,18 @@ class SQLStore:
 
     # -- keys ---------------------------------------------------------------------------------------
 
-    async def insert_key(self, key: KeyRecord) -> None:
+    async def insert_key(self, key: KeyRecord, account: AccountRecord | None = None) -> None:
+        """Store a key, and with it (in the same transaction) ``account``, a new account of its own."""
         async with self.engine.begin() as conn:
+            if account is not None:
+                await conn.execute(insert(schema.accounts).values(**_account_values(account)))
+            b = key.budget
             await conn.execute(insert(schema.keys).values(
                 id=key.id, name=key.name, secret_hash=key.secret_hash, hint=key.hint,
                 models=list(key.models) if key.models is not None else None,
                 created_at=key.created_at, revoked_at=key.revoked_at, updated_at=key.created_at, rpm=key.rpm,
-                itpm=key.itpm, otpm=key.otpm, max_concurrency=key.max_concurrency))
+                itpm=key.itpm, otpm=key.otpm, max_concurrency=key.max_concurrency, account_id=key.account_id,
+                prepaid=b.prepaid, cap_nanousd=b.cap_nanousd, cap_period=b.cap_period))
 
     async def list_keys(self) -> list[KeyRecord]:
         async with self.engine.connect() as conn:
@@ -150,6 +188,11 @@ class SQLStore:
                 .values(**limits, updated_at=datetime.now(UTC)))
         return result.rowcount > 0
 
+    async def key(self, key_id: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(schema.keys).where(schema.keys.c.id == key_id))).first()
+        return None if row is None else _key(row)
+
     async def revoke_key(self, key_id: str) -> bool:
         now = datetime.now(UTC)
         async with self.engine.begin() as conn:
@@ -158,10 +201,102 @@ class SQLStore:
                 .values(revoked_at=now, updated_at=now))
         return result.rowcount > 0
 
+    # -- accounts and money -------------------------------------------------------------------------
+
+    async def insert_account(self, account: AccountRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(schema.accounts).values(**_account_values(account)))
+
+    async def list_accounts(self) -> list[AccountRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(schema.accounts).order_by(schema.accounts.c.created_at))
+            return [_account(r) for r in rows]
+
+    async def account(self, ref: str) -> AccountRecord | None:
+        """The account with this id or name."""
+        a = schema.accounts
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(a).where(or_(a.c.id == ref, a.c.name == ref)))).first()
+        return None if row is None else _account(row)
+
+    async def accounts_changed_since(self, since: datetime | None) -> list[AccountRecord]:
+        query = select(schema.accounts)
+        if since is not None:
+            query = query.where(schema.accounts.c.updated_at >= since)
+        async with self.engine.connect() as conn:
+            return [_account(r) for r in await conn.execute(query)]
+
+    async def set_budget(self, owner: str, changes: dict[str, Any]) -> bool:
+        """Set some of ``prepaid``, ``cap_nanousd`` and ``cap_period`` on a key or an account; True if it
+        exists."""
+        table = _money_table(owner)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(table).where(table.c.id == owner)
+                                        .values(**changes, updated_at=datetime.now(UTC)))
+        return result.rowcount > 0
+
+    async def topup(self, owner: str, amount_nanousd: int, note: str | None = None) -> int | None:
+        """Add money to a key's or account's balance (which makes it prepaid); its new balance, or None if
+        there is no such owner."""
+        table = _money_table(owner)
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(table).where(table.c.id == owner)
+                                        .values(prepaid=True, updated_at=now))
+            if result.rowcount == 0:
+                return None
+            await conn.execute(insert(schema.ledger).values(
+                created_at=now, owner=owner, kind="topup", amount_nanousd=amount_nanousd, note=note))
+            balance = await conn.scalar(select(func.coalesce(func.sum(schema.ledger.c.amount_nanousd), 0))
+                                        .where(schema.ledger.c.owner == owner))
+        return int(balance or 0)
+
+    async def balances(self) -> dict[str, int]:
+        """Every owner's balance: the sum of its ledger entries."""
+        g = schema.ledger
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(g.c.owner, func.sum(g.c.amount_nanousd)).group_by(g.c.owner))
+            return {owner: int(total) for owner, total in rows}
+
+    async def spend_by_key(self, since: datetime) -> dict[str, int]:
+        """What each key's requests have cost since ``since``, from the usage rows."""
+        u = schema.usage
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(u.c.key_id, func.sum(u.c.cost_nanousd))
+                .where(u.c.created_at >= since, u.c.key_id.is_not(None), u.c.cost_nanousd.is_not(None))
+                .group_by(u.c.key_id))
+            return {key_id: int(total) for key_id, total in rows}
+
+    async def ledger_entries(self, *, owner: str | None = None, kinds: Sequence[str] | None = None,
+                             after_id: int | None = None) -> list[tuple[int, LedgerEntry]]:
+        """Entries with their ids, oldest first."""
+        g = schema.ledger
+        query = select(g).order_by(g.c.id)
+        if owner is not None:
+            query = query.where(g.c.owner == owner)
+        if kinds is not None:
+            query = query.where(g.c.kind.in_(kinds))
+        if after_id is not None:
+            query = query.where(g.c.id > after_id)
+        async with self.engine.connect() as conn:
+            return [(int(r.id), _entry(r)) for r in await conn.execute(query)]
+
+    async def open_reserves(self) -> list[LedgerEntry]:
+        """Reserves that no settle or release followed: their requests were cut off by a stop."""
+        g, done = schema.ledger, schema.ledger.alias("done")
+        closed = select(done.c.id).where(done.c.request_id == g.c.request_id, done.c.owner == g.c.owner,
+                                         done.c.kind.in_(("settle", "release")))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(g).where(g.c.kind == "reserve", ~closed.exists()).order_by(g.c.id))
+            return [_entry(r) for r in rows]
+
     # -- usage --------------------------------------------------------------------------------------
 
-    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
-        if not records:
+    async def insert_usage(self, records: Sequence[UsageRecord], entries: Sequence[LedgerEntry] = ()) -> None:
+        """Write usage rows and ledger entries in one transaction: a request's cost and its settlement are
+        stored together or not at all."""
+        if not records and not entries:
             return
         async with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
@@ -171,11 +306,18 @@ class SQLStore:
                 for start in range(0, len(records), _SQLITE_ROWS_PER_STATEMENT):
                     chunk = records[start:start + _SQLITE_ROWS_PER_STATEMENT]
                     params = tuple(v for r in chunk for v in (r[0], _sqlite_time(r.created_at), *r[2:]))
-                    await conn.exec_driver_sql(_sqlite_insert_sql(len(chunk)), params)
+                    await conn.exec_driver_sql(_sqlite_insert_sql("usage", UsageRecord._fields, len(chunk)), params)
+                for start in range(0, len(entries), _SQLITE_ROWS_PER_STATEMENT):
+                    part = entries[start:start + _SQLITE_ROWS_PER_STATEMENT]
+                    params = tuple(v for e in part for v in (_sqlite_time(e.created_at), *e[1:]))
+                    await conn.exec_driver_sql(_sqlite_insert_sql("ledger", LedgerEntry._fields, len(part)), params)
             else:
-                # A batch retried after a failure that came after its commit must not fail on its own rows.
-                statement = self._insert(schema.usage).on_conflict_do_nothing(index_elements=["request_id"])
-                await conn.execute(statement, [r._asdict() for r in records])
+                if records:
+                    # A batch retried after a failure that came after its commit must not fail on its rows.
+                    statement = self._insert(schema.usage).on_conflict_do_nothing(index_elements=["request_id"])
+                    await conn.execute(statement, [r._asdict() for r in records])
+                if entries:
+                    await conn.execute(insert(schema.ledger), [e._asdict() for e in entries])
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
         u = schema.usage
