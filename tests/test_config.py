@@ -10,7 +10,9 @@ import pytest
 from tollway.config import (
     DEFAULT_ANTHROPIC_URL,
     Config,
+    KeyLimitConfig,
     ModelConfig,
+    RateLimits,
     ServerConfig,
     StorageConfig,
     TargetConfig,
@@ -211,7 +213,8 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: models, server, storage, upstreams)"),
+        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: key_limits, models, server, storage, "
+                            "upstreams)"),
         (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
                                         "max_body_bytes, port, shutdown_timeout)"),
         (minimal(storage={"path": "x"}), "conf.toml: storage.path: unknown key"),
@@ -477,3 +480,87 @@ def test_prices_on_models_and_targets() -> None:
 def test_price_errors(prices: dict[str, object], message: str) -> None:
     raw = minimal(models=[{"name": "m", "prices": prices, "targets": [{"upstream": "mock"}]}])
     assert message in config_error(raw)
+
+
+# -- rate limits per model and per key and model -------------------------------------------------------------------
+
+
+def two_models(**extra: Any) -> dict[str, Any]:
+    return minimal(models=[{"name": "claude-opus-4-6", "targets": [{"upstream": "mock"}]},
+                           {"name": "claude-sonnet-4-6", "targets": [{"upstream": "mock"}]}], **extra)
+
+
+def test_model_limits_and_key_limits() -> None:
+    raw = two_models(key_limits=[{"key": "key_abc", "model": "claude-opus-4-6", "rpm": 100, "max_concurrency": 2},
+                                 {"key": "team-a", "model": "claude-*", "otpm": 5000}])
+    raw["models"][0]["limits"] = {"rpm": 10, "otpm": 20000}
+    config = parse(raw)
+    assert config.models[0].limits == RateLimits(rpm=10, otpm=20000)
+    assert config.models[1].limits is None
+    assert config.key_limits == (
+        KeyLimitConfig(key="key_abc", model="claude-opus-4-6", limits=RateLimits(rpm=100, max_concurrency=2)),
+        KeyLimitConfig(key="team-a", model="claude-*", limits=RateLimits(otpm=5000)),
+    )
+
+
+def test_no_limits_by_default() -> None:
+    config = parse(minimal())
+    assert config.models[0].limits is None and config.key_limits == ()
+    assert default_config({}).key_limits == ()
+
+
+def test_limits_from_a_file_in_both_table_styles(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(MINIMAL_TOML + "limits = { rpm = 10, itpm = 30000 }\n"
+                    '[[models]]\nname = "n"\ntargets = [{ upstream = "mock" }]\n'
+                    "[models.limits]\notpm = 20000\nmax_concurrency = 3\n"
+                    '[[key_limits]]\nkey = "${TEAM}"\nmodel = "*"\nitpm = 50000\n', encoding="utf-8")
+    config = load_config(str(path), {"TEAM": "team-a"})
+    assert [m.limits for m in config.models] == [RateLimits(rpm=10, itpm=30000),
+                                                 RateLimits(otpm=20000, max_concurrency=3)]
+    assert config.key_limits == (KeyLimitConfig(key="team-a", model="*", limits=RateLimits(itpm=50000)),)
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"rpm": 0}, "conf.toml: models[0].limits.rpm: must be at least 1 (got 0)"),
+    ({"otpm": -5}, "conf.toml: models[0].limits.otpm: must be at least 1 (got -5)"),
+    ({"itpm": "1000"}, "conf.toml: models[0].limits.itpm: must be an integer, not str"),
+    ({"rpm": 1.5}, "conf.toml: models[0].limits.rpm: must be an integer, not float"),
+    ({"max_concurrency": True}, "conf.toml: models[0].limits.max_concurrency: must be an integer, not bool"),
+    ({"tpm": 10}, "conf.toml: models[0].limits.tpm: unknown key (expected one of: itpm, max_concurrency, otpm, rpm)"),
+    ({}, "conf.toml: models[0].limits: set at least one of rpm, itpm, otpm, max_concurrency"),
+    (10, "conf.toml: models[0].limits: must be a table"),
+])
+def test_model_limit_errors(limits: object, message: str) -> None:
+    raw = minimal(models=[{"name": "m", "targets": [{"upstream": "mock"}], "limits": limits}])
+    assert config_error(raw) == message
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ({"key": "k"}, "conf.toml: key_limits: must be an array of tables"),
+    ([{"model": "claude-opus-4-6", "rpm": 1}], "conf.toml: key_limits[0].key: is required"),
+    ([{"key": "k", "rpm": 1}], "conf.toml: key_limits[0].model: is required"),
+    ([{"key": "", "model": "*", "rpm": 1}], "conf.toml: key_limits[0].key: must be a key id or name, not empty"),
+    ([{"key": 7, "model": "*", "rpm": 1}], "conf.toml: key_limits[0].key: must be a string, not int"),
+    ([{"key": "k", "model": "*"}],
+     "conf.toml: key_limits[0]: set at least one of rpm, itpm, otpm, max_concurrency"),
+    ([{"key": "k", "model": "*", "rpm": 1}, {"key": "k", "model": "claude-opus-4-6", "rpm": 0}],
+     "conf.toml: key_limits[1].rpm: must be at least 1 (got 0)"),
+    ([{"key": "k", "model": "*", "max_concurrency": -1}],
+     "conf.toml: key_limits[0].max_concurrency: must be at least 1 (got -1)"),
+    ([{"key": "k", "model": "*", "rpms": 1}], "conf.toml: key_limits[0].rpms: unknown key (expected one of: itpm, "
+                                              "key, max_concurrency, model, otpm, rpm)"),
+    ([{"key": "k", "model": "claude-opsu-*", "rpm": 1}],
+     "conf.toml: key_limits[0].model: matches no configured model (got 'claude-opsu-*')"),
+    ([{"key": "k", "model": "claude-opus-4-6", "rpm": 1}, {"key": "j", "model": "claude-opus-4-6", "rpm": 1},
+      {"key": "k", "model": "claude-opus-4-6", "otpm": 1}],
+     "conf.toml: key_limits[2].model: key_limits[0] already sets limits for key 'k' and model 'claude-opus-4-6'"),
+])
+def test_key_limit_errors(rules: object, message: str) -> None:
+    assert config_error(two_models(key_limits=rules)) == message
+
+
+def test_key_limits_expand_env_vars_and_name_missing_ones() -> None:
+    raw = two_models(key_limits=[{"key": "${KEY_ID}", "model": "claude-opus-4-6", "rpm": 5}])
+    assert parse(raw, {"KEY_ID": "key_1"}).key_limits[0].key == "key_1"
+    assert config_error(raw) == "conf.toml: key_limits[0].key: environment variable KEY_ID is not set"

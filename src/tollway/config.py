@@ -7,6 +7,7 @@ error that names the file and the key, so a typo never turns into an empty upstr
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -80,6 +81,30 @@ class RetryConfig:
     """Seconds before a second round over the same targets, doubled each round."""
 
 
+LIMIT_FIELDS = ("rpm", "itpm", "otpm", "max_concurrency")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Requests, input and output tokens per minute, requests in flight; None leaves one unset."""
+
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimitConfig:
+    """One ``[[key_limits]]`` rule: a key's own limits on the models its pattern matches."""
+
+    key: str
+    """The key's id or its name."""
+    model: str
+    """A glob of model names, as clients send them."""
+    limits: RateLimits
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
@@ -91,6 +116,8 @@ class ModelConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     prices: Prices | None = None
     """Overrides the list price of a known model; None keeps it (and unknown models cost nothing)."""
+    limits: RateLimits | None = None
+    """Every key's own limits on this model, on top of the key's limits across all models."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +126,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
+    key_limits: tuple[KeyLimitConfig, ...] = ()
+    """Per key and model overrides of the models' limits, in file order."""
     source: str = "<built-in defaults>"
     """Where this config came from, for messages and the startup banner."""
 
@@ -219,7 +248,7 @@ class _Reader:
 
 def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     root = _Reader(source, environ, raw, "")
-    root.check_keys({"server", "storage", "upstreams", "models"})
+    root.check_keys({"server", "storage", "upstreams", "models", "key_limits"})
 
     s = root.table("server")
     s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes"})
@@ -255,7 +284,9 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
         seen.add(m.name)
     if not models:
         raise ConfigError(f"{source}: models: at least one [[models]] entry is required")
-    return Config(server=server, storage=storage, upstreams=upstreams, models=models, source=source)
+    key_limits = _parse_key_limits(root.tables("key_limits"), tuple(seen))
+    return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
+                  source=source)
 
 
 _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {
@@ -326,7 +357,7 @@ def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
 
 
 def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
-    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry", "prices"})
+    m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry", "prices", "limits"})
     name = m.string("name")
     targets = []
     for t in m.tables("targets"):
@@ -349,7 +380,43 @@ def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
                         backoff=r.number("backoff", 0.5))
     return ModelConfig(name=name, targets=tuple(targets), display_name=m.optional_string("display_name"),
                        created_at=m.optional_string("created_at"), max_tokens=max_tokens, retry=retry,
-                       prices=_parse_prices(m))
+                       prices=_parse_prices(m), limits=_parse_model_limits(m))
+
+
+def _parse_model_limits(m: _Reader) -> RateLimits | None:
+    """``limits = { rpm = 10, otpm = 20000 }``: what every key may use of this model on its own."""
+    if "limits" not in m.data:
+        return None
+    r = m.table("limits")
+    r.check_keys(set(LIMIT_FIELDS))
+    return _parse_limits(r)
+
+
+def _parse_limits(r: _Reader) -> RateLimits:
+    """The limit fields of ``r``: each a positive integer (absent: not set), one at least."""
+    if not any(name in r.data for name in LIMIT_FIELDS):
+        # An empty override would be a rule that changes nothing, most likely a misspelt one.
+        raise ConfigError(f"{r.source}: {r.where}: set at least one of {', '.join(LIMIT_FIELDS)}")
+    values = {name: r.integer(name, None, minimum=1) for name in LIMIT_FIELDS if name in r.data}
+    return RateLimits(**values)
+
+
+def _parse_key_limits(rules: list[_Reader], model_names: tuple[str, ...]) -> tuple[KeyLimitConfig, ...]:
+    parsed: list[KeyLimitConfig] = []
+    for r in rules:
+        r.check_keys({"key", "model", *LIMIT_FIELDS})
+        key, model = r.string("key"), r.string("model")
+        if not key:
+            raise r.fail("key", "must be a key id or name, not empty")
+        limits = _parse_limits(r)
+        # A pattern that matches no configured model could never apply: most likely a typo.
+        if not any(fnmatch.fnmatchcase(name, model) for name in model_names):
+            raise r.fail("model", f"matches no configured model (got {model!r})")
+        for i, earlier in enumerate(parsed):
+            if (earlier.key, earlier.model) == (key, model):
+                raise r.fail("model", f"key_limits[{i}] already sets limits for key {key!r} and model {model!r}")
+        parsed.append(KeyLimitConfig(key=key, model=model, limits=limits))
+    return tuple(parsed)
 
 
 def _parse_prices(r: _Reader) -> Prices | None:

@@ -6,20 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.limits.conftest import Clock
 from tollway.limits import Limiter, MemoryLimiter, Quota, Take
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture(params=["memory"])

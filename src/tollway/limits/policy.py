@@ -6,17 +6,24 @@ at four bytes a token, which overestimates) and refunded the difference once the
 tokens are charged at ``max_tokens`` and refunded down to what was produced, as Anthropic does for its
 output-tokens-per-minute limit. Every answer to a limited key carries Anthropic's ``anthropic-ratelimit-*``
 headers; a refusal is a 429 ``rate_limit_error`` with ``retry-after``, which the SDKs honour.
+
+A key may also have limits on the model it asks for (`tollway.limits.rules`): those are buckets of their
+own, taken in the same ``limiter.take`` as the key's, so a request passes all of them or takes from none.
+Each header reports the bucket of its kind with the least left; a 429 says which limits refused.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from tollway.errors import RateLimited
 from tollway.limits.base import Decision, Limiter, Quota, Take
+from tollway.limits.rules import LimitRules
 from tollway.store import KeyRecord
 
 BYTES_PER_TOKEN = 4
@@ -33,14 +40,23 @@ def _rfc3339_second(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class Charge(NamedTuple):
+    kind: str
+    """``rpm``, ``itpm`` or ``otpm``."""
+    model: str | None
+    """The model of a model-scoped bucket; None for the key's own, across all models."""
+    take: Take
+
+
 @dataclass(slots=True)
 class Admission:
     """What one request took, to give back what it did not use and to label its answer."""
 
-    takes: dict[str, Take] = field(default_factory=dict)
+    takes: list[Charge] = field(default_factory=list)
     """What was taken, each with the ``reset_at`` it was given (so a refund cannot free capacity twice)."""
     headers: dict[str, str] = field(default_factory=dict)
-    slot: str | None = None
+    slots: list[str] = field(default_factory=list)
+    """The concurrency counters held: the key's, the key's on this model, or both."""
 
 
 def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
@@ -60,47 +76,86 @@ def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
     return out
 
 
-async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: int) -> Admission:
-    """Take this request from the key's limits, or raise `RateLimited` having taken nothing."""
+def tightest(charges: Sequence[Charge], decisions: Sequence[Decision]) -> dict[str, Decision]:
+    """Of each kind, the bucket with the least left: the one a client has to pace itself by. On a tie, a
+    refusing bucket, since its count is the one that explains the 429."""
+    out: dict[str, Decision] = {}
+    for charge, d in zip(charges, decisions, strict=True):
+        best = out.get(charge.kind)
+        if best is None or (d.remaining, d.allowed) < (best.remaining, best.allowed):
+            out[charge.kind] = d
+    return out
+
+
+async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: int, *, model: str | None = None,
+                rules: LimitRules | None = None) -> Admission:
+    """Take this request from the key's limits, and from its limits on ``model`` when ``rules`` give it
+    some, or raise `RateLimited` having taken nothing."""
+    scope = rules.scope(key, model) if rules is not None and model is not None else None
     admission = Admission()
     # A charge is capped at the whole bucket: an estimate (a 200 KB body of mostly cached prompt, Claude
     # Code's max_tokens of 32,000) above the limit would otherwise be refused forever, and the SDKs would
     # keep retrying it. The refund after the answer brings it down to what was really used.
-    costs = {"rpm": (key.rpm, 1),
-             "itpm": (key.itpm, min(max(1, body_size // BYTES_PER_TOKEN), key.itpm or 0)),
-             "otpm": (key.otpm, min(max_tokens, key.otpm or 0))}
-    takes = {kind: Take(f"{key.id}:{kind}", cost, Quota(limit)) for kind, (limit, cost) in costs.items()
-             if limit is not None}
-    if takes:
-        decisions = dict(zip(takes, await limiter.take(list(takes.values())), strict=True))
-        admission.headers = headers_for(decisions)
-        refused = [d for d in decisions.values() if not d.allowed]
+    wanted = {"rpm": 1, "itpm": max(1, body_size // BYTES_PER_TOKEN), "otpm": max_tokens}
+    charges = [Charge(kind, None, Take(f"{key.id}:{kind}", min(wanted[kind], limit), Quota(limit)))
+               for kind, limit in (("rpm", key.rpm), ("itpm", key.itpm), ("otpm", key.otpm)) if limit is not None]
+    if scope is not None:
+        charges += [Charge(kind, scope.model, Take(name, min(wanted[kind], quota.limit), quota))
+                    for kind, name, quota in scope.buckets]
+    if charges:
+        decisions = await limiter.take([c.take for c in charges])
+        admission.headers = headers_for(tightest(charges, decisions))
+        refused = [(c, d) for c, d in zip(charges, decisions, strict=True) if not d.allowed]
         if refused:
-            wait = max(d.retry_after for d in refused)
-            which = ", ".join(_HEADER_NAMES[k].replace("-", " ") for k, d in decisions.items() if not d.allowed)
-            raise RateLimited(f"This request would exceed the key's rate limit for {which} per minute.",
+            wait = max(d.retry_after for _, d in refused)
+            raise RateLimited(_refusal([c for c, _ in refused]),
                               headers={**admission.headers, "retry-after": str(max(1, math.ceil(wait)))})
-        admission.takes = {kind: Take(t.name, t.cost, t.quota, decisions[kind].reset_at)
-                           for kind, t in takes.items()}
+        admission.takes = [Charge(c.kind, c.model, Take(c.take.name, c.take.cost, c.take.quota, d.reset_at))
+                           for c, d in zip(charges, decisions, strict=True)]
+    slots: list[tuple[str, int, str | None]] = []
     if key.max_concurrency is not None:
-        slot = f"{key.id}:concurrency"
-        if not await limiter.acquire(slot, key.max_concurrency):
-            await limiter.refund(list(admission.takes.values()))
+        slots.append((f"{key.id}:concurrency", key.max_concurrency, None))
+    if scope is not None and scope.slot is not None:
+        slots.append((*scope.slot, scope.model))
+    for slot, limit, on in slots:
+        if not await limiter.acquire(slot, limit):
+            await _give_back(limiter, admission)
             # No ratelimit headers: the counts above were taken and just given back.
-            raise RateLimited(f"This key already has {key.max_concurrency} requests in flight, its limit.",
+            where = f" on {on}, its limit for that model" if on is not None else ", its limit"
+            raise RateLimited(f"This key already has {limit} requests in flight{where}.",
                               headers={"retry-after": "1"})
-        admission.slot = slot
+        admission.slots.append(slot)
     return admission
 
 
+def _refusal(refused: list[Charge]) -> str:
+    """Which limits refused, key-wide first, e.g. "the key's rate limit for output tokens per minute on
+    claude-opus-4-6"."""
+    parts = []
+    for model in dict.fromkeys(c.model for c in refused):
+        which = ", ".join(_HEADER_NAMES[c.kind].replace("-", " ") for c in refused if c.model == model)
+        parts.append(f"the key's rate limit for {which} per minute" + (f" on {model}" if model else ""))
+    return f"This request would exceed {' and '.join(parts)}."
+
+
+async def _give_back(limiter: Limiter, admission: Admission) -> None:
+    for slot in admission.slots:
+        await limiter.release(slot)
+    admission.slots = []
+    await limiter.refund([c.take for c in admission.takes])
+    admission.takes = []
+
+
 async def settle(limiter: Limiter, admission: Admission, input_tokens: int, output_tokens: int) -> None:
-    """Give back the estimate above the real counts, and the concurrency slot."""
+    """Give back the estimate above the real counts in every bucket taken from, and the concurrency slots."""
     refunds = []
-    for kind, used in (("itpm", input_tokens), ("otpm", output_tokens)):
-        take = admission.takes.get(kind)
-        if take is not None and take.cost > used:
+    for kind, _, take in admission.takes:
+        if kind == "rpm":
+            continue
+        used = input_tokens if kind == "itpm" else output_tokens
+        if take.cost > used:
             refunds.append(Take(take.name, take.cost - used, take.quota, take.until))
     if refunds:
         await limiter.refund(refunds)
-    if admission.slot is not None:
-        await limiter.release(admission.slot)
+    for slot in admission.slots:
+        await limiter.release(slot)

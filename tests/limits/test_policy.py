@@ -1,0 +1,190 @@
+"""The policy over the real in-process limiter: key-wide and model-scoped buckets taken together or not at
+all, the tightest of each kind in the headers, a 429 that names the limit, refunds and concurrency slots."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.limits.conftest import Clock
+from tests.limits.test_rules import OPUS, SONNET, make_key, rule
+from tollway.config import RateLimits
+from tollway.errors import RateLimited
+from tollway.limits import Decision, LimitRules, MemoryLimiter, Quota, Take
+from tollway.limits.policy import Charge, admit, settle, tightest
+from tollway.store import KeyRecord
+
+
+@pytest.fixture
+def limiter(clock: Clock) -> MemoryLimiter:
+    return MemoryLimiter(clock)
+
+
+async def left(limiter: MemoryLimiter, name: str, limit: int) -> int:
+    """What bucket ``name`` holds now, read by taking nothing from it."""
+    (d,) = await limiter.take([Take(name, 0, Quota(limit))])
+    return d.remaining
+
+
+async def refused(limiter: MemoryLimiter, key: KeyRecord, rules: LimitRules | None = None, model: str = OPUS,
+                  max_tokens: int = 1) -> RateLimited:
+    with pytest.raises(RateLimited) as caught:
+        await admit(limiter, key, 40, max_tokens, model=model, rules=rules)
+    return caught.value
+
+
+async def test_without_rules_only_the_key_record_counts(limiter: MemoryLimiter) -> None:
+    key = make_key(rpm=2, otpm=1000)
+    admission = await admit(limiter, key, 400, 300)
+    assert [(c.kind, c.model, c.take.name, c.take.cost) for c in admission.takes] == [
+        ("rpm", None, "key_a:rpm", 1), ("otpm", None, "key_a:otpm", 300)]
+    assert admission.headers["anthropic-ratelimit-requests-remaining"] == "1"
+    assert admission.headers["anthropic-ratelimit-output-tokens-remaining"] == "700"
+    assert admission.headers["anthropic-ratelimit-tokens-remaining"] == "700"
+    await admit(limiter, key, 400, 300, model=OPUS, rules=LimitRules())
+    error = await refused(limiter, key)
+    assert error.message == "This request would exceed the key's rate limit for requests per minute."
+
+
+async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=3, otpm=5000)})
+    key = make_key(rpm=100, otpm=1000, itpm=10)
+    admission = await admit(limiter, key, 400, 900, model=OPUS, rules=rules)
+    assert {c.take.name: c.take.cost for c in admission.takes} == {
+        "key_a:rpm": 1, "key_a:itpm": 10, "key_a:otpm": 900, f"key_a:{OPUS}:rpm": 1, f"key_a:{OPUS}:otpm": 900}
+    h = admission.headers
+    # Requests: the model's 3 (2 left) is tighter than the key's 100 (99 left).
+    assert (h["anthropic-ratelimit-requests-limit"], h["anthropic-ratelimit-requests-remaining"]) == ("3", "2")
+    # Output tokens: the key's 1000 (100 left) is tighter than the model's 5000 (4100 left).
+    assert (h["anthropic-ratelimit-output-tokens-limit"],
+            h["anthropic-ratelimit-output-tokens-remaining"]) == ("1000", "100")
+    assert (h["anthropic-ratelimit-input-tokens-limit"], h["anthropic-ratelimit-input-tokens-remaining"]) == ("10", "0")
+    assert h["anthropic-ratelimit-tokens-remaining"] == "0"
+    assert await left(limiter, f"key_a:{OPUS}:rpm", 3) == 2
+    assert await left(limiter, "key_a:rpm", 100) == 99
+
+
+async def test_a_model_refusal_takes_nothing_from_the_key_wide_buckets(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=1)})
+    key = make_key(rpm=10, otpm=1000)
+    await admit(limiter, key, 40, 100, model=OPUS, rules=rules)
+    error = await refused(limiter, key, rules, max_tokens=100)
+    assert error.message == f"This request would exceed the key's rate limit for requests per minute on {OPUS}."
+    assert error.headers["retry-after"] == "60"
+    assert error.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert error.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert await left(limiter, "key_a:rpm", 10) == 9
+    assert await left(limiter, "key_a:otpm", 1000) == 900
+    # The key's other models have no such limit, and the key-wide buckets still hold what they did.
+    await admit(limiter, key, 40, 100, model=SONNET, rules=rules)
+    assert await left(limiter, "key_a:rpm", 10) == 8
+
+
+async def test_a_key_wide_refusal_takes_nothing_from_the_model_buckets(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=10, otpm=5000)})
+    key = make_key(otpm=1000)
+    await admit(limiter, key, 40, 1000, model=SONNET, rules=rules)
+    error = await refused(limiter, key, rules, max_tokens=500)
+    assert error.message == "This request would exceed the key's rate limit for output tokens per minute."
+    assert await left(limiter, f"key_a:{OPUS}:rpm", 10) == 10
+    assert await left(limiter, f"key_a:{OPUS}:otpm", 5000) == 5000
+
+
+async def test_a_refusal_by_both_scopes_names_both_and_waits_for_the_longer(limiter: MemoryLimiter,
+                                                                           clock: Clock) -> None:
+    rules = LimitRules({OPUS: RateLimits(otpm=100)})
+    key = make_key(rpm=1)
+    await admit(limiter, key, 40, 50, model=OPUS, rules=rules)
+    clock.now += 10
+    error = await refused(limiter, key, rules, max_tokens=100)
+    assert error.message == ("This request would exceed the key's rate limit for requests per minute and the "
+                             f"key's rate limit for output tokens per minute on {OPUS}.")
+    # The key's request comes back in 50 s, the model's 100 output tokens fit in 20 s: the longer counts.
+    assert error.headers["retry-after"] == "50"
+    assert error.headers["anthropic-ratelimit-output-tokens-remaining"] == "66"
+
+
+def test_the_tightest_bucket_of_each_kind_and_on_a_tie_the_refusing_one() -> None:
+    def charge(kind: str, model: str | None) -> Charge:
+        return Charge(kind, model, Take("x", 1, Quota(10)))
+
+    charges = [charge("rpm", None), charge("otpm", None), charge("rpm", OPUS), charge("otpm", OPUS)]
+    decisions = [Decision(True, 10, 5, 0.0, 0.0), Decision(True, 100, 7, 0.0, 0.0),
+                 Decision(True, 3, 2, 0.0, 0.0), Decision(False, 50, 7, 0.0, 4.0)]
+    assert tightest(charges, decisions) == {"rpm": decisions[2], "otpm": decisions[3]}
+
+
+async def test_each_key_and_each_model_has_its_own_model_buckets(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=1), SONNET: RateLimits(rpm=1)})
+    a, b = make_key("key_a", "team-a"), make_key("key_b", "team-b")
+    for key in (a, b):
+        for model in (OPUS, SONNET):
+            await admit(limiter, key, 40, 1, model=model, rules=rules)
+    await refused(limiter, a, rules, model=SONNET)
+    await refused(limiter, b, rules, model=OPUS)
+
+
+async def test_a_key_rule_replaces_the_model_default_for_that_key_only(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=1)}, [rule("team-a", OPUS, rpm=3)])
+    a, b = make_key("key_a", "team-a"), make_key("key_b", "team-b")
+    for _ in range(3):
+        await admit(limiter, a, 40, 1, model=OPUS, rules=rules)
+    await refused(limiter, a, rules)
+    await admit(limiter, b, 40, 1, model=OPUS, rules=rules)
+    await refused(limiter, b, rules)
+
+
+async def test_settle_refunds_every_bucket_it_took_from(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=10, itpm=5000, otpm=2000)})
+    key = make_key(itpm=1000, otpm=1000)
+    admission = await admit(limiter, key, 4000, 1500, model=OPUS, rules=rules)
+    # Charged: 1000 tokens of input estimate from the key (its whole bucket), 1000 from the model; output
+    # capped at the key's 1000 and the model's 1500.
+    assert {c.take.name: c.take.cost for c in admission.takes} == {
+        "key_a:itpm": 1000, "key_a:otpm": 1000, f"key_a:{OPUS}:rpm": 1, f"key_a:{OPUS}:itpm": 1000,
+        f"key_a:{OPUS}:otpm": 1500}
+    await settle(limiter, admission, 300, 100)
+    assert await left(limiter, "key_a:itpm", 1000) == 700
+    assert await left(limiter, "key_a:otpm", 1000) == 900
+    assert await left(limiter, f"key_a:{OPUS}:itpm", 5000) == 4700
+    assert await left(limiter, f"key_a:{OPUS}:otpm", 2000) == 1900
+    assert await left(limiter, f"key_a:{OPUS}:rpm", 10) == 9  # a request is never given back
+
+
+async def test_model_concurrency_is_its_own_slot(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(max_concurrency=1)})
+    key = make_key(max_concurrency=2)
+    first = await admit(limiter, key, 40, 1, model=OPUS, rules=rules)
+    assert first.slots == ["key_a:concurrency", f"key_a:{OPUS}:concurrency"]
+    error = await refused(limiter, key, rules)
+    assert error.message == f"This key already has 1 requests in flight on {OPUS}, its limit for that model."
+    assert error.headers == {"retry-after": "1"}
+    # The refused request gave its key-wide slot back: another model still fits beside the first request.
+    other = await admit(limiter, key, 40, 1, model=SONNET, rules=rules)
+    error = await refused(limiter, key, rules, model=SONNET)
+    assert error.message == "This key already has 2 requests in flight, its limit."
+    await settle(limiter, first, 0, 0)
+    await settle(limiter, other, 0, 0)
+    again = await admit(limiter, key, 40, 1, model=OPUS, rules=rules)
+    assert again.slots == first.slots
+
+
+async def test_a_concurrency_refusal_gives_the_rate_charges_back(limiter: MemoryLimiter) -> None:
+    rules = LimitRules({OPUS: RateLimits(rpm=5, max_concurrency=1)})
+    key = make_key(rpm=5, otpm=1000)
+    await admit(limiter, key, 40, 100, model=OPUS, rules=rules)
+    await refused(limiter, key, rules, max_tokens=100)
+    assert await left(limiter, "key_a:rpm", 5) == 4
+    assert await left(limiter, "key_a:otpm", 1000) == 900
+    assert await left(limiter, f"key_a:{OPUS}:rpm", 5) == 4
+
+
+async def test_a_key_without_limits_of_its_own_is_limited_by_a_model_rule(limiter: MemoryLimiter) -> None:
+    rules = LimitRules(key_limits=[rule("key_a", OPUS, otpm=100)])
+    key = make_key()
+    assert rules.applies(key, OPUS)
+    admission = await admit(limiter, key, 40, 80, model=OPUS, rules=rules)
+    assert [c.take.name for c in admission.takes] == [f"key_a:{OPUS}:otpm"]
+    assert admission.headers["anthropic-ratelimit-output-tokens-remaining"] == "20"
+    assert "anthropic-ratelimit-requests-limit" not in admission.headers
+    error = await refused(limiter, key, rules, max_tokens=80)
+    assert error.message == f"This request would exceed the key's rate limit for output tokens per minute on {OPUS}."
