@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from tollway.accounting.ledger import UsageLedger
-from tollway.store import SQLStore, UsageRecord
+from tollway.store import LedgerEntry, SQLStore, UsageRecord
 from tollway.store.schema import metadata
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -27,14 +27,14 @@ class RecordingStore(SQLStore):
         self.gate: asyncio.Event | None = None
         self.writing = asyncio.Event()
 
-    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+    async def insert_usage(self, records: Sequence[UsageRecord], entries: Sequence[LedgerEntry] = ()) -> None:
         self.writing.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
             raise RuntimeError("disk on fire")
         self.batches.append(len(records))
-        await super().insert_usage(records)
+        await super().insert_usage(records, entries)
 
 
 @pytest.fixture
@@ -145,9 +145,9 @@ async def test_rows_kept_in_order_behind_a_failure(store: RecordingStore) -> Non
     captured: list[list[str]] = []
     real = SQLStore.insert_usage
 
-    async def capture(records: Sequence[UsageRecord]) -> None:
+    async def capture(records: Sequence[UsageRecord], entries: Sequence[LedgerEntry] = ()) -> None:
         captured.append([r.request_id for r in records])
-        await real(store, records)
+        await real(store, records, entries)
 
     store.insert_usage = capture  # type: ignore[method-assign]
     await ledger.flush()

@@ -1,6 +1,6 @@
-"""Usage rows leave the request path at once and reach the store in batches.
+"""Usage rows and ledger entries leave the request path at once and reach the store in batches.
 
-`record` only appends to a list. A background task writes whatever has gathered every
+`record` and `entry` only append to a list. A background task writes whatever has gathered every
 ``flush_interval`` seconds in one transaction. A failed write keeps the rows for the next try, up to
 ``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing.
 """
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from tollway.store import SQLStore, UsageRecord
+from tollway.store import LedgerEntry, SQLStore, UsageRecord
 
 log = logging.getLogger("tollway.ledger")
 
@@ -23,6 +23,7 @@ class UsageLedger:
         self._store = store
         self._interval = flush_interval
         self._pending: list[UsageRecord] = []
+        self._entries: list[LedgerEntry] = []
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -36,9 +37,13 @@ class UsageLedger:
             return
         self._pending.append(row)
 
+    def entry(self, entry: LedgerEntry) -> None:
+        # Never dropped, unlike usage rows past MAX_PENDING: a lost entry would leave a balance short.
+        self._entries.append(entry)
+
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._entries)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tollway-usage-flush")
@@ -52,14 +57,16 @@ class UsageLedger:
     async def flush(self) -> None:
         async with self._lock:
             batch, self._pending = self._pending, []
-            if not batch:
+            entries, self._entries = self._entries, []
+            if not batch and not entries:
                 return
             try:
-                await self._store.insert_usage(batch)
+                await self._store.insert_usage(batch, entries)
             except BaseException as exc:
                 # Rows go back in front of the queue; writing them twice is harmless, as inserts skip
-                # request ids already stored.
+                # request ids already stored, and entries already stored for their request.
                 self._pending[:0] = batch
+                self._entries[:0] = entries
                 if not isinstance(exc, Exception):
                     raise
                 log.exception("writing %d usage rows failed; keeping them for the next flush", len(batch))

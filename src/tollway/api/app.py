@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 from aiohttp import web
 
+from tollway.accounting.funds import Funds
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.api.context import SERVICES, Services
@@ -52,12 +53,14 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         keys = KeyCache(store, config.storage.key_refresh_interval)
         ledger = UsageLedger(store, config.storage.flush_interval)
         table = RoutingTable(config)
+        funds = Funds(store, ledger.entry, config.storage.key_refresh_interval)
         await keys.start()
         await ledger.start()
+        await funds.start()
         await table.start()
         health = HealthBoard()
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
-                                 router=Router(table, health), limiter=MemoryLimiter())
+                                 router=Router(table, health), limiter=MemoryLimiter(), funds=funds)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
         gc.collect()
@@ -67,6 +70,7 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         finally:
             # Handlers have finished (or been cut) by now: every usage row is queued, so flush last.
             await table.close()
+            await funds.close()
             await keys.close()
             await ledger.close()
             await store.close()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tollway.accounting.funds import Funds
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.config import Config
@@ -26,6 +27,7 @@ class Services:
     health: HealthBoard
     router: Router
     limiter: Limiter
+    funds: Funds
     open_streams: int = 0
 
 

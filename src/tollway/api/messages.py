@@ -19,6 +19,7 @@ from aiohttp import web
 
 from tollway.accounting.keys import may_use
 from tollway.accounting.pricing import cost_nanousd
+from tollway.accounting.wallet import Hold
 from tollway.api.auth import authenticate
 from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_ID, STREAM_STARTED, error_payload
@@ -73,6 +74,8 @@ class Outcome:
     tries: list[Try] | None = None
     admission: Admission | None = None
     """What the request took from its key's rate limits."""
+    hold: Hold | None = None
+    """What it reserved from its key's and account's money."""
     prices: Prices | None = None
 
     def fail(self, status: int, error_type: str | None) -> None:
@@ -145,6 +148,9 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
     if not counting and key.limited:
         outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens)
+    if not counting and services.funds.limited(key):
+        outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, body, info.max_tokens,
+                                                    route.max_input_tokens)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)
 
@@ -202,7 +208,10 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             u = outcome.usage or Usage()
             await limit_policy.settle(services.limiter, outcome.admission,
                                       u.input_tokens + u.cache_creation_input_tokens, u.output_tokens)
-        services.ledger.record(outcome.row(request_id))
+        row = outcome.row(request_id)
+        if outcome.hold is not None:
+            await services.funds.settle(outcome.hold, row.cost_nanousd or 0)
+        services.ledger.record(row)
 
 
 async def _stream(request: web.Request, services: Services, reply: UpstreamReply, outcome: Outcome,

@@ -6,6 +6,7 @@ carries cumulative counts that replace (never add to) what came before, as the S
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,15 @@ import orjson
 from tollway.protocol.sse import ServerSentEvent, SSEDecoder, parse_block
 
 _SKIPPED = (b"event: content_block_", b"event: ping")
+_DELTA = b"event: content_block_delta"
+# The bytes of a delta event that are not its text: the event line and the JSON around the fragment.
+_DELTA_FRAME = 100
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(chars: int) -> int:
+    """Tokens in ``chars`` characters of model output, for a reply whose real count never came."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
 
 
 @dataclass(slots=True)
@@ -63,18 +73,22 @@ class StreamTap:
     and tool deltas that make up most of a stream are split into events but never JSON-decoded.
     """
 
-    __slots__ = ("_decoder", "completed", "error", "usage")
+    __slots__ = ("_decoder", "completed", "error", "sent", "usage")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self.usage = Usage()
         self.completed = False
         self.error: dict[str, Any] | None = None
+        self.sent = 0
+        """Output tokens the deltas so far hold, estimated from their size, for a stream cut short."""
 
     def feed(self, chunk: bytes) -> None:
         for block in self._decoder.feed_blocks(chunk):
             # Most of a stream is deltas and pings: recognised by their first bytes, never parsed.
             if block.startswith(_SKIPPED):
+                if block.startswith(_DELTA):
+                    self.sent += max(1, estimate_tokens(len(block) - _DELTA_FRAME))
                 continue
             if block.startswith(b"event: message_stop"):
                 self.completed = True
@@ -85,6 +99,11 @@ class StreamTap:
 
     def close(self) -> None:
         self._see(self._decoder.close())
+
+    def cut(self) -> None:
+        """The stream ended before its final usage: count the output that did go out, as estimated."""
+        if not self.completed:
+            self.usage.output_tokens = max(self.usage.output_tokens, self.sent)
 
     def _see(self, events: list[ServerSentEvent]) -> None:
         for event in events:

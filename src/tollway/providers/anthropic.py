@@ -97,6 +97,7 @@ class AnthropicProvider(HTTPProvider):
             # A stream left unread is closed, not released: dropping the connection is what cancels the
             # upstream's work when the client has gone.
             self.finish(resp, drained)
+            tap.cut()
             reply.completed = tap.completed
             if tap.error is not None:
                 kind = tap.error.get("type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from tollway.config import Config, ModelConfig, RetryConfig
@@ -31,6 +32,15 @@ class Route:
     created_at: str
     max_input_tokens: int | None
     retry: RetryConfig = field(default_factory=RetryConfig)
+    ceiling: Prices | None = None
+    """The dearest of each price over the targets, for reserving what a request may cost before its target
+    is chosen; None when no target has a price."""
+
+
+def ceiling(prices: list[Prices]) -> Prices | None:
+    if not prices:
+        return None
+    return Prices(*(max(values) for values in zip(*(dataclasses.astuple(p) for p in prices), strict=True)))
 
 
 class RoutingTable:
@@ -57,6 +67,7 @@ class RoutingTable:
             created_at=model.created_at or (info.created_at if info else "1970-01-01T00:00:00Z"),
             max_input_tokens=info.max_input_tokens if info else None,
             retry=model.retry,
+            ceiling=ceiling([t.prices for t in targets if t.prices is not None]),
         )
 
     def keys(self, provider: Provider) -> tuple[str, ...]:

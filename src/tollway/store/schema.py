@@ -68,7 +68,7 @@ ledger = Table(
     Column("request_id", String(64), nullable=True),
     Column("note", Text, nullable=True),
     Index("ix_ledger_owner", "owner"),
-    Index("ix_ledger_request", "request_id"),
+    Index("ux_ledger_request", "request_id", "owner", "kind", unique=True),
     Index("ix_ledger_kind_created", "kind", "created_at"),
 )
 

@@ -251,12 +251,15 @@ class SQLStore:
                                         .where(schema.ledger.c.owner == owner))
         return int(balance or 0)
 
-    async def balances(self) -> dict[str, int]:
-        """Every owner's balance: the sum of its ledger entries."""
+    async def balances(self) -> tuple[dict[str, int], int]:
+        """Every owner's balance (the sum of its ledger entries), and the id of the last entry counted, so
+        entries added after can be told apart."""
         g = schema.ledger
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(g.c.owner, func.sum(g.c.amount_nanousd)).group_by(g.c.owner))
-            return {owner: int(total) for owner, total in rows}
+            last = int(await conn.scalar(select(func.coalesce(func.max(g.c.id), 0))) or 0)
+            rows = await conn.execute(select(g.c.owner, func.sum(g.c.amount_nanousd))
+                                      .where(g.c.id <= last).group_by(g.c.owner))
+            return {owner: int(total) for owner, total in rows}, last
 
     async def spend_by_key(self, since: datetime) -> dict[str, int]:
         """What each key's requests have cost since ``since``, from the usage rows."""
@@ -317,7 +320,9 @@ class SQLStore:
                     statement = self._insert(schema.usage).on_conflict_do_nothing(index_elements=["request_id"])
                     await conn.execute(statement, [r._asdict() for r in records])
                 if entries:
-                    await conn.execute(insert(schema.ledger), [e._asdict() for e in entries])
+                    statement = self._insert(schema.ledger).on_conflict_do_nothing(
+                        index_elements=["request_id", "owner", "kind"])
+                    await conn.execute(statement, [e._asdict() for e in entries])
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
         u = schema.usage

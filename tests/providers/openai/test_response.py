@@ -30,7 +30,7 @@ from tests.providers.openai.test_stream import (
 )
 from tollway.errors import InvalidRequest, RateLimited, UpstreamUnavailable
 from tollway.protocol.sse import SSEDecoder
-from tollway.protocol.usage import Usage
+from tollway.protocol.usage import Usage, estimate_tokens
 from tollway.providers.openai.names import ToolNames, inbound_id
 from tollway.providers.openai.response import (
     parse_arguments,
@@ -118,8 +118,12 @@ def test_usage_from_openai(raw: object, expected: tuple[int, int, int, int]) -> 
     assert usage.cache_creation_1h == 0
 
 
-def test_answer_without_usage_reports_zeros() -> None:
-    assert translate({"content": "hi"})["usage"] == ZERO_USAGE
+def test_answer_without_usage_estimates_its_output() -> None:
+    # Some servers send no usage: the output is then billed at a length estimate, never as free.
+    assert translate({"content": "hi"})["usage"] == {**ZERO_USAGE, "output_tokens": 1}
+    usage = translate({"content": "x" * 40, "tool_calls": [
+        {"id": "c1", "function": {"name": "f", "arguments": '{"a": "' + "y" * 30 + '"}'}}]})["usage"]
+    assert usage["output_tokens"] == 20  # (40 + 39 characters) / 4, rounded up
 
 
 def test_usage_is_returned_with_the_message() -> None:
@@ -136,7 +140,7 @@ def test_text_answer() -> None:
     answer = translate({"role": "assistant", "content": "Hello"})
     assert answer == {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
                       "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
-                      "stop_sequence": None, "usage": ZERO_USAGE}
+                      "stop_sequence": None, "usage": {**ZERO_USAGE, "output_tokens": 2}}
 
 
 @pytest.mark.parametrize("content", [None, "", "   ", "\n\n", [], [{"type": "text", "text": " "}]])
@@ -499,8 +503,10 @@ def test_random_streams_keep_the_grammar_and_the_content(plan: Plan) -> None:
         plan.finish or "", "tool_use" if plan.tools else "end_turn")
     assert got.stop_reason == expected_reason
     if plan.usage is None:
-        assert got.usage == {"input_tokens": 5, "output_tokens": 0, "cache_creation_input_tokens": 0,
-                             "cache_read_input_tokens": 0}
+        # No usage from the upstream: the output is estimated from the characters passed on.
+        chars = len(plan.text) + len(plan.reasoning) + sum(len(args) for _, _, args in plan.tools)
+        assert got.usage == {"input_tokens": 5, "output_tokens": estimate_tokens(chars),
+                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
     else:
         cached = plan.usage["prompt_tokens_details"]["cached_tokens"]
         assert got.usage == {"input_tokens": max(0, plan.usage["prompt_tokens"] - cached),

@@ -118,6 +118,7 @@ class OpenAIProvider(HTTPProvider):
             raise
         finally:
             self.finish(resp, drained)
+            translator.estimate_output()
             reply.usage = translator.usage
             reply.completed = translator.completed
             if translator.error_type is not None:

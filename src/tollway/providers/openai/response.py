@@ -16,7 +16,7 @@ import orjson
 
 from tollway.errors import UpstreamUnavailable
 from tollway.protocol.sanitize import SYNTHETIC_PREFIX
-from tollway.protocol.usage import Usage
+from tollway.protocol.usage import Usage, estimate_tokens
 from tollway.providers.openai.errors import map_upstream_error
 from tollway.providers.openai.names import ToolNames, inbound_id
 
@@ -258,6 +258,11 @@ def to_anthropic_message(chat: dict[str, Any], *, model: str, names: ToolNames,
             "input": parse_arguments(function.get("arguments")),
         })
     usage = usage_from_openai(chat.get("usage"))
+    if not isinstance(chat.get("usage"), dict):
+        # No usage from the upstream: the output is billed at an estimate from its length, as in a stream.
+        arguments = [c["function"].get("arguments") for c in calls if isinstance(c.get("function"), dict)]
+        usage.output_tokens = estimate_tokens(len(reasoning) + len(text) + len(refusal) + sum(
+            len(a) for a in arguments if isinstance(a, str)))
     matched = matched_stop_sequence(choice)
     reason = stop_reason(choice.get("finish_reason"), tool_used=bool(calls), refused=bool(refusal.strip()),
                          stop_sequence=matched)

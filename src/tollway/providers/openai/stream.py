@@ -27,7 +27,7 @@ import orjson
 
 from tollway.errors import UpstreamUnavailable
 from tollway.protocol.sse import ServerSentEvent, SSEDecoder, encode_event, parse_block
-from tollway.protocol.usage import Usage
+from tollway.protocol.usage import Usage, estimate_tokens
 from tollway.providers.openai.errors import error_message, stream_error_type
 from tollway.providers.openai.names import ToolNames, inbound_id
 from tollway.providers.openai.response import (
@@ -130,6 +130,8 @@ class StreamTranslator:
         """The latest figures: the estimate until the upstream reports usage. Updated in place."""
         self.usage_reported = False
         """True once the upstream sent usage (some never do: vLLM and Ollama without ``include_usage``)."""
+        self.sent_chars = 0
+        """Characters of output passed on, to estimate its tokens when the upstream reports none."""
         self.completed = False
         """True once ``message_stop`` was produced."""
         self.error_type: str | None = None
@@ -333,6 +335,7 @@ class StreamTranslator:
         return self._open is not None and self._open.kind == piece.kind and self._open.tool is piece.tool
 
     def _push(self, piece: _Piece, out: list[bytes]) -> None:
+        self.sent_chars += len(piece.text)
         if self._is_open(piece):
             self._write(piece, out)
             if self._waiting and not self._holds():
@@ -427,8 +430,15 @@ class StreamTranslator:
 
     # -- endings ----------------------------------------------------------------------------------------
 
+    def estimate_output(self) -> None:
+        """With no usage from the upstream (some servers send none, and a cut stream never gets to it), the
+        output is billed at an estimate from its length rather than as nothing."""
+        if not self.usage_reported:
+            self.usage.output_tokens = max(self.usage.output_tokens, estimate_tokens(self.sent_chars))
+
     def _end_message(self, out: list[bytes]) -> None:
         self._flush(out, force=True)
+        self.estimate_output()
         self._close(out)
         reason = stop_reason(self._finish_reason, tool_used=self._tool_used, refused=self._refused,
                              stop_sequence=self._stop_sequence)

@@ -1,0 +1,163 @@
+"""The money side of a request: reserve what it may cost before relaying, settle what it did cost after.
+
+Balances and caps are held in memory by a `MemoryWallet`, started from the store and kept in step with
+it in the background: budgets set by the CLI or the admin API and top-ups (ledger entries written by
+another process) are picked up every ``refresh_interval`` seconds. The request path never queries the
+store; the wallet's own ledger entries go out in the usage ledger's batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from tollway.accounting.pricing import reserve_nanousd
+from tollway.accounting.wallet import Hold, MemoryWallet, Refusal, period_of, period_start
+from tollway.errors import BillingError, InvalidRequest
+from tollway.protocol.catalog import Prices
+from tollway.store import Budget, KeyRecord, LedgerEntry, SQLStore
+
+log = logging.getLogger("tollway.funds")
+NANO = Decimal(1_000_000_000)
+
+
+def usd(nano: int) -> str:
+    return f"${Decimal(nano) / NANO:.6f}"
+
+
+class Funds:
+    # Reloads look back this far past the last one, so a write committed late is still seen.
+    OVERLAP = timedelta(seconds=5)
+
+    def __init__(self, store: SQLStore, sink: Callable[[LedgerEntry], None], refresh_interval: float,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._store = store
+        self._interval = refresh_interval
+        self.wallet = MemoryWallet(sink) if clock is None else MemoryWallet(sink, clock)
+        self._names: dict[str, str] = {}
+        self._accounts_of: dict[str, str] = {}
+        """Key id to account id, to add up an account's spend over its keys."""
+        self._last_entry = 0
+        self._last_sync: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- keeping in step with the store --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._release_orphans()
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="tollway-funds-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _release_orphans(self) -> None:
+        """Give back what requests cut off by the last stop still hold. Their usage rows were lost with
+        them (rows and entries are written together), so there is no cost to keep."""
+        orphans = await self._store.open_reserves()
+        if orphans:
+            now = self.wallet.now()
+            await self._store.insert_usage([], [
+                LedgerEntry(now, e.owner, "release", -e.amount_nanousd, e.request_id,
+                            "the gateway stopped before the request ended") for e in orphans])
+            log.warning("released %d reserves left by requests the last stop cut off", len(orphans))
+
+    async def refresh(self) -> None:
+        started = datetime.now(UTC)
+        since = None if self._last_sync is None else self._last_sync - self.OVERLAP
+        changed: list[str] = []
+        wallet = self.wallet
+        keys = await self._store.keys_changed_since(since)
+        owners: list[tuple[str, str, Budget]] = [(k.id, k.name, k.budget) for k in keys]
+        for key in keys:
+            if key.account_id is not None:
+                self._accounts_of[key.id] = key.account_id
+        owners += [(a.id, a.name, a.budget) for a in await self._store.accounts_changed_since(since)]
+        for owner, name, budget in owners:
+            self._names[owner] = name
+            old = wallet.purses.get(owner)
+            if old is None or (old.budget.cap_nanousd, old.budget.cap_period) != (budget.cap_nanousd,
+                                                                               budget.cap_period):
+                changed.append(owner)
+            wallet.set_budget(owner, budget)
+        if self._last_sync is None:
+            balances, self._last_entry = await self._store.balances()
+            for owner, balance in balances.items():
+                wallet.purse(owner).balance = balance
+        else:
+            for entry_id, entry in await self._store.ledger_entries(kinds=("topup",), after_id=self._last_entry):
+                wallet.credit(entry.owner, entry.amount_nanousd)
+                self._last_entry = entry_id
+        if changed:
+            await self._load_spend(changed)
+        self._last_sync = started
+
+    async def _load_spend(self, owners: list[str]) -> None:
+        """What these owners spent in their current period, from the stored usage rows (rows still waiting
+        for the next batch are not in it)."""
+        now = self.wallet.now()
+        spend: dict[str, dict[str, int]] = {}
+        for period in ("day", "month"):
+            start = period_start(now, period)
+            per_key = await self._store.spend_by_key(start)
+            totals = dict(per_key)
+            for key_id, cost in per_key.items():
+                account = self._accounts_of.get(key_id)
+                if account is not None:
+                    totals[account] = totals.get(account, 0) + cost
+            label = period_of(start, period)
+            for owner in owners:
+                spend.setdefault(owner, {})[label] = totals.get(owner, 0)
+        for owner in owners:
+            purse = self.wallet.purse(owner)
+            purse.period = period_of(now, purse.budget.cap_period)
+            purse.spent = spend[owner].get(purse.period, 0)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reloading budgets and top-ups failed; using what is already loaded")
+
+    # -- the request path ------------------------------------------------------------------------------
+
+    def limited(self, key: KeyRecord) -> bool:
+        return self.wallet.limited((key.id, key.account_id))
+
+    async def reserve(self, request_id: str, key: KeyRecord, prices: Prices | None, body: bytes, max_tokens: int,
+                      max_input_tokens: int | None) -> Hold | None:
+        """Reserve the most this request can cost, or raise the error Anthropic gives when money runs out,
+        having reserved nothing. None when the request costs nothing (its model has no price)."""
+        if prices is None:
+            return None
+        amount = reserve_nanousd(prices, body, max_tokens, max_input_tokens)
+        owners = (key.id,) if key.account_id is None else (key.id, key.account_id)
+        result = await self.wallet.reserve(request_id, owners, amount)
+        if isinstance(result, Refusal):
+            raise self._refused(result)
+        return result
+
+    async def settle(self, hold: Hold, cost: int) -> None:
+        await self.wallet.settle(hold, cost)
+
+    def _refused(self, r: Refusal) -> BillingError | InvalidRequest:
+        whose = f"the {'key' if r.owner.startswith('key_') else 'account'} {self._names.get(r.owner, r.owner)!r}"
+        if r.reason == "balance":
+            return BillingError(f"Your credit balance is too low to access this model: this request may cost up "
+                                f"to {usd(r.needed)} and {whose} has {usd(r.available)} left. Please top up.")
+        # A spending cap is what Anthropic calls a usage limit, and it answers those with a 400.
+        budget = self.wallet.purse(r.owner).budget
+        assert r.resets_at is not None and budget.cap_nanousd is not None
+        return InvalidRequest(
+            f"You have reached your specified API usage limits: {whose} may spend {usd(budget.cap_nanousd)} a "
+            f"{budget.cap_period or 'month'}, {usd(r.available)} is left and this request may cost up to "
+            f"{usd(r.needed)}. You will regain access on {r.resets_at:%Y-%m-%d at %H:%M} UTC.")

@@ -1,0 +1,171 @@
+"""Balances and spending caps: reserve before relaying, settle after.
+
+A request first reserves the most it can cost from every owner (its key, its account) that has a money
+limit, all or nothing. Once it has ended it settles: the real cost is kept and the rest of the reserve
+given back. A balance can therefore never be overdrawn by requests running at the same time, the check
+and the deduction being one step; only a request costing more than its reserve could (and the reserve
+is an upper bound, see `tollway.accounting.pricing.reserve_nanousd`).
+
+Each change to a prepaid balance leaves a `LedgerEntry` (reserve, settle or release) for the store, so
+the ledger always adds up to the balance. Caps count what was settled in the current UTC day or month
+plus what is reserved now; a new period starts from zero on its own, with no reset job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
+
+from tollway.store import UNLIMITED, Budget, LedgerEntry
+
+log = logging.getLogger("tollway.wallet")
+
+
+def period_of(when: datetime, period: str | None) -> str:
+    """The calendar period (UTC) ``when`` falls in: ``2026-11-25`` for a day, ``2026-11`` for a month."""
+    return when.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+
+
+def period_start(when: datetime, period: str | None) -> datetime:
+    day = when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
+
+
+def next_period(when: datetime, period: str | None) -> datetime:
+    start = period_start(when, period)
+    if period == "day":
+        return datetime.fromordinal(start.toordinal() + 1).replace(tzinfo=UTC)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+@dataclass(slots=True)
+class Purse:
+    """One owner's money, as this process knows it."""
+
+    budget: Budget = UNLIMITED
+    balance: int = 0
+    """Nano-dollars: the ledger's sum, that is top-ups less settled costs less what is reserved now. Only
+    requests made while the owner is prepaid draw on it."""
+    held: int = 0
+    """Reserved by requests still running."""
+    spent: int = 0
+    """Settled in ``period``."""
+    period: str = ""
+
+
+class Hold(NamedTuple):
+    """What one request reserved: from which owners, and whether each was prepaid then."""
+
+    request_id: str
+    amount: int
+    owners: tuple[tuple[str, bool], ...]
+
+
+class Refusal(NamedTuple):
+    owner: str
+    reason: str
+    """``balance`` or ``cap``."""
+    available: int
+    """What the balance, or the cap, has left for new requests."""
+    needed: int
+    resets_at: datetime | None = None
+    """When a cap's period ends."""
+
+
+class Wallet(Protocol):
+    def limited(self, owners: Iterable[str | None]) -> bool:
+        """Whether any of these owners has a money limit (otherwise requests skip the wallet)."""
+
+    async def reserve(self, request_id: str, owners: Sequence[str], amount: int) -> Hold | Refusal:
+        """Reserve ``amount`` from every limited owner, or from none and say why."""
+
+    async def settle(self, hold: Hold, cost: int) -> None:
+        """The request has ended having cost ``cost``: keep that, give back the rest."""
+
+
+class MemoryWallet:
+    """Exact under any concurrency within one process: no purse is read and written across an ``await``."""
+
+    def __init__(self, sink: Callable[[LedgerEntry], None], clock: Callable[[], float] = time.time) -> None:
+        self._sink = sink
+        self._clock = clock
+        self.purses: dict[str, Purse] = {}
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def purse(self, owner: str) -> Purse:
+        purse = self.purses.get(owner)
+        if purse is None:
+            purse = self.purses[owner] = Purse()
+        return purse
+
+    def set_budget(self, owner: str, budget: Budget) -> None:
+        self.purse(owner).budget = budget
+
+    def credit(self, owner: str, amount: int) -> None:
+        """A top-up, already in the ledger."""
+        self.purse(owner).balance += amount
+
+    def restore(self, owner: str, balance: int, spent: dict[str, int]) -> None:
+        """Start from the store's figures: the ledger's sum, and what was spent per period (by period id)."""
+        purse = self.purse(owner)
+        purse.balance = balance
+        purse.period = period_of(self.now(), purse.budget.cap_period)
+        purse.spent = spent.get(purse.period, 0)
+
+    def limited(self, owners: Iterable[str | None]) -> bool:
+        purses = self.purses
+        for owner in owners:
+            purse = purses.get(owner) if owner is not None else None
+            if purse is not None and purse.budget.limited:
+                return True
+        return False
+
+    def _roll(self, purse: Purse, now: datetime) -> None:
+        period = period_of(now, purse.budget.cap_period)
+        if purse.period != period:
+            purse.period, purse.spent = period, 0
+
+    async def reserve(self, request_id: str, owners: Sequence[str], amount: int) -> Hold | Refusal:
+        now = self.now()
+        taken: list[tuple[Purse, str, bool]] = []
+        for owner in owners:
+            purse = self.purses.get(owner)
+            if purse is None or not purse.budget.limited:
+                continue
+            budget = purse.budget
+            if budget.prepaid and purse.balance < amount:
+                return Refusal(owner, "balance", max(0, purse.balance), amount)
+            if budget.cap_nanousd is not None:
+                self._roll(purse, now)
+                left = budget.cap_nanousd - purse.spent - purse.held
+                if left < amount:
+                    return Refusal(owner, "cap", max(0, left), amount, next_period(now, budget.cap_period))
+            taken.append((purse, owner, budget.prepaid))
+        # Every owner has room: take it from all of them, with no await in between.
+        for purse, owner, prepaid in taken:
+            purse.held += amount
+            if prepaid:
+                purse.balance -= amount
+                self._sink(LedgerEntry(now, owner, "reserve", -amount, request_id))
+        return Hold(request_id, amount, tuple((owner, prepaid) for _, owner, prepaid in taken))
+
+    async def settle(self, hold: Hold, cost: int) -> None:
+        now = self.now()
+        if cost > hold.amount:
+            log.warning("request %s cost %d nano-USD, more than the %d it reserved", hold.request_id, cost,
+                        hold.amount)
+        for owner, prepaid in hold.owners:
+            purse = self.purse(owner)
+            self._roll(purse, now)
+            purse.held -= hold.amount
+            purse.spent += cost
+            if prepaid:
+                purse.balance += hold.amount - cost
+                kind = "settle" if cost else "release"
+                self._sink(LedgerEntry(now, owner, kind, hold.amount - cost, hold.request_id))
