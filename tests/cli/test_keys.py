@@ -1,74 +1,12 @@
-"""The real ``tollway`` console script, run as a subprocess against a temporary config and SQLite file."""
+"""``tollway keys``: create, list, update, top up, revoke; the key's account and its money limits."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-
-from tollway.accounting.keys import new_key
-from tollway.accounting.pricing import cost_nanousd
-from tollway.protocol.catalog import LIST_PRICES
-from tollway.protocol.usage import Usage
-from tollway.store import UsageRecord, open_store
-
-TOLLWAY = Path(sys.executable).parent / "tollway"
-
-CONFIG = """
-[storage]
-url = "sqlite:///{db}"
-
-[[upstreams]]
-name = "mock"
-kind = "mock"
-
-[[models]]
-name = "claude-sonnet-4-6"
-targets = [{{ upstream = "mock" }}]
-"""
-
-
-class CLI:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.db = tmp_path / "data" / "cli.db"
-        self.config = tmp_path / "tollway.toml"
-        self.config.write_text(CONFIG.format(db=self.db), encoding="utf-8")
-        self.env = {k: v for k, v in os.environ.items() if k not in ("TOLLWAY_CONFIG", "ANTHROPIC_API_KEY")}
-
-    def run(self, *args: str, config: Path | None = None, code: int = 0) -> subprocess.CompletedProcess[str]:
-        # --config belongs to the subcommand: "tollway keys list --config X", "tollway usage --config X".
-        split = 2 if args[0] == "keys" else 1
-        argv = [str(TOLLWAY), *args[:split], "--config", str(config or self.config), *args[split:]]
-        # The working directory holds no tollway.toml of its own: only --config is read.
-        cwd = self.tmp / "cwd"
-        cwd.mkdir(exist_ok=True)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=self.env, cwd=cwd, check=False)
-        assert done.returncode == code, (argv, done.returncode, done.stdout, done.stderr)
-        return done
-
-    def create(self, name: str, *models: str) -> tuple[str, str]:
-        args = ["keys", "create", "--name", name]
-        if models:
-            args += ["--models", *models]
-        out = self.run(*args).stdout.splitlines()
-        match = re.match(r"created key (key_[0-9a-f]+) ", out[0])
-        assert match is not None, out
-        return match.group(1), out[-1]
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> CLI:
-    assert TOLLWAY.exists(), f"console script not installed at {TOLLWAY}"
-    return CLI(tmp_path)
+from tests.cli.conftest import CLI, Ran
 
 
 def test_keys_create_list_revoke(cli: CLI) -> None:
@@ -116,103 +54,6 @@ def test_keys_create_list_revoke(cli: CLI) -> None:
     assert f"no active key with id {first_id}" in again.stderr
 
 
-async def fill_usage(db: Path, now: datetime) -> str:
-    """Keys alice and bob, and four usage rows of alice's; returns alice's id."""
-    store = open_store(f"sqlite:///{db}")
-    await store.migrate()
-    alice, _ = new_key("alice", None)
-    await store.insert_key(alice)
-    await store.insert_key(new_key("bob", None)[0])
-
-    def row(rid: str, model: str, at: datetime, inp: int, out: int, status: int = 200) -> UsageRecord:
-        prices = LIST_PRICES.get(model)
-        cost = None if prices is None else cost_nanousd(prices, Usage(input_tokens=inp, output_tokens=out))
-        return UsageRecord(request_id=rid, created_at=at, key_id=alice.id, endpoint="messages", model=model,
-                           upstream="mock", upstream_model=None, stream=False, status=status, error_type=None,
-                           input_tokens=inp, output_tokens=out, cost_nanousd=cost)
-
-    await store.insert_usage([
-        row("r1", "claude-sonnet-4-6", now - timedelta(hours=1), 1000, 2000),
-        row("r2", "claude-sonnet-4-6", now - timedelta(hours=2), 0, 0, status=529),
-        row("r3", "claude-haiku-4-5-20251001", now - timedelta(days=3), 1_000_000, 0),
-        row("r4", "mock-model", now - timedelta(minutes=5), 10, 10),
-    ])
-    await store.close()
-    return alice.id
-
-
-def table(stdout: str) -> tuple[list[str], list[list[str]], str]:
-    lines = stdout.splitlines()
-    return lines[0].split(), [re.split(r"\s{2,}", line.strip()) for line in lines[1:-1]], lines[-1]
-
-
-async def test_usage_table_and_filters(cli: CLI) -> None:
-    # An empty ledger: the header and a zero total.
-    header, rows, total = table(cli.run("usage").stdout)
-    assert header == ["key", "model", "requests", "errors", "input", "output", "cache", "write", "cache", "read",
-                      "cost", "USD"]
-    assert rows == []
-    assert total == "total cost USD: 0.000000"
-
-    alice_id = await fill_usage(cli.db, datetime.now(UTC))
-    header, rows, total = table(cli.run("usage").stdout)
-    assert header[:2] == ["key", "model"]
-    assert len(rows) == 3  # one line per key and model
-    by_model = {r[1]: r for r in rows}
-    # sonnet 4.6: 1,000 in at $3/M + 2,000 out at $15/M = 0.003 + 0.030; two requests, one an error.
-    assert by_model["claude-sonnet-4-6"] == ["alice", "claude-sonnet-4-6", "2", "1", "1000", "2000", "0", "0",
-                                             "0.033000"]
-    assert by_model["claude-haiku-4-5-20251001"][-1] == "1.000000"  # 1M in at $1/M
-    assert by_model["mock-model"][-1] == "-"  # no list price
-    assert total == "total cost USD: 1.033000"
-
-    _, rows, total = table(cli.run("usage", "--since", "1d").stdout)
-    assert sorted(r[1] for r in rows) == ["claude-sonnet-4-6", "mock-model"]
-    assert total == "total cost USD: 0.033000"
-
-    _, rows, total = table(cli.run("usage", "--key", "bob").stdout)
-    assert rows == []
-    assert total == "total cost USD: 0.000000"
-
-    _, rows, _ = table(cli.run("usage", "--key", alice_id, "--since", "30m").stdout)
-    assert [r[:2] for r in rows] == [["alice", "mock-model"]]
-
-
-def test_usage_bad_since_is_a_usage_error(cli: CLI) -> None:
-    done = cli.run("usage", "--since", "yesterday", code=2)
-    assert "not a duration" in done.stderr
-
-
-def test_migrate(cli: CLI) -> None:
-    done = cli.run("migrate")
-    assert done.stdout.startswith("schema is up to date")
-    assert cli.db.exists()
-
-
-def test_bad_config_exits_2_naming_file_and_key(cli: CLI) -> None:
-    bad = cli.tmp / "bad.toml"
-    bad.write_text(CONFIG.format(db=cli.db) + '\n[server]\nport = "eighty"\n', encoding="utf-8")
-    done = cli.run("keys", "list", config=bad, code=2)
-    assert done.stdout == ""
-    assert f"{bad}: server.port: must be an integer, not str" in done.stderr
-    assert not cli.db.exists()  # nothing was opened
-
-
-def test_missing_env_var_exits_2_naming_the_key(cli: CLI) -> None:
-    bad = cli.tmp / "env.toml"
-    bad.write_text(CONFIG.format(db=cli.db) + '\n[[upstreams]]\nname = "a"\nkind = "anthropic"\n'
-                   'api_keys = ["${TOLLWAY_TEST_UNSET_VAR}"]\n', encoding="utf-8")
-    cli.env.pop("TOLLWAY_TEST_UNSET_VAR", None)
-    done = cli.run("usage", config=bad, code=2)
-    assert f"{bad}: upstreams[1].api_keys[0]: environment variable TOLLWAY_TEST_UNSET_VAR is not set" in done.stderr
-
-
-def test_missing_config_file_exits_2(cli: CLI) -> None:
-    missing = cli.tmp / "nope.toml"
-    done = cli.run("keys", "list", config=missing, code=2)
-    assert f"{missing}: file not found" in done.stderr
-
-
 def test_keys_limits_create_update_and_list(cli: CLI) -> None:
     out = cli.run("keys", "create", "--name", "limited", "--rpm", "50", "--otpm", "8000").stdout.splitlines()
     key_id = out[0].split()[2]
@@ -228,26 +69,92 @@ def test_keys_limits_create_update_and_list(cli: CLI) -> None:
     cli.run("keys", "update", key_id, code=2)
 
 
-async def test_usage_by_upstream_and_day_as_json_and_csv(cli: CLI) -> None:
-    now = datetime.now(UTC)
-    await fill_usage(cli.db, now)
-    records = json.loads(cli.run("usage", "--by", "day,model", "--format", "json").stdout)
-    days = {(r["day"], r["model"]): r for r in records}
-    def day(ago: timedelta) -> str:
-        return (now - ago).strftime("%Y-%m-%d")
+def created(ran: Ran) -> str:
+    match = re.match(r"created key (key_[0-9a-f]{16}) ", ran.stdout)
+    assert match is not None, ran.stdout
+    return match.group(1)
 
-    # The rows fill_usage writes, by the UTC day each falls on (two may straddle midnight).
-    assert set(days) == {(day(timedelta(hours=1)), "claude-sonnet-4-6"), (day(timedelta(hours=2)), "claude-sonnet-4-6"),
-                         (day(timedelta(days=3)), "claude-haiku-4-5-20251001"),
-                         (day(timedelta(minutes=5)), "mock-model")}
-    sonnet = [r for r in records if r["model"] == "claude-sonnet-4-6"]
-    assert sum(r["requests"] for r in sonnet) == 2 and sum(r["errors"] for r in sonnet) == 1
-    assert "key" not in records[0]
-    by_upstream = json.loads(cli.run("usage", "--by", "upstream", "--format", "json").stdout)
-    assert by_upstream == [{"upstream": "mock", "requests": 4, "errors": 1, "input_tokens": 1_001_010,
-                            "output_tokens": 2010, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
-                            "cache_read_tokens": 0, "cost_usd": "1.033000000"}]
-    lines = cli.run("usage", "--by", "key", "--format", "csv").stdout.splitlines()
-    assert lines[0].startswith("key,key_id,requests,errors,")
-    assert lines[1].startswith("alice,key_") and lines[1].endswith(",1.033000000")
-    cli.run("usage", "--by", "week", code=2)
+
+def test_a_key_without_account_gets_one_of_its_own(cli: CLI) -> None:
+    first = cli.main("keys", "create", "--name", "ci")
+    first_id = created(first)
+    lines = first.stdout.splitlines()
+    assert re.fullmatch(r"account: ci \(acct_[0-9a-f]{16}, new\)", lines[1])
+    assert lines[-1].startswith("tw-")  # the secret is still the last line
+    # A second key of the same name: the name is taken, so its account takes the key's id as a suffix.
+    second_id = created(cli.main("keys", "create", "--name", "ci"))
+    rows = cli.sql("SELECT k.id, a.name FROM keys k JOIN accounts a ON a.id = k.account_id ORDER BY k.created_at")
+    assert rows == [(first_id, "ci"), (second_id, f"ci-{second_id}")]
+    assert cli.sql("SELECT COUNT(*) FROM accounts") == [(2,)]
+    assert cli.sql("SELECT COUNT(*) FROM ledger") == [(0,)]
+    lines = cli.main("keys", "list").stdout.splitlines()
+    assert [line.split("\t")[7:] for line in lines] == [["ci", "no balance", "no cap"],
+                                                        [f"ci-{second_id}", "no balance", "no cap"]]
+
+
+def test_a_key_joins_an_account_by_name_or_id(cli: CLI) -> None:
+    cli.main("accounts", "create", "team")
+    account_id = cli.sql("SELECT id FROM accounts")[0][0]
+    by_name = created(cli.main("keys", "create", "--name", "a", "--account", "team"))
+    ran = cli.main("keys", "create", "--name", "b", "--account", account_id)
+    by_id = created(ran)
+    assert ran.stdout.splitlines()[1] == f"account: team ({account_id})"
+    rows = cli.sql("SELECT id, account_id FROM keys ORDER BY created_at")
+    assert rows == [(by_name, account_id), (by_id, account_id)]
+    assert cli.sql("SELECT COUNT(*) FROM accounts") == [(1,)]  # no account of their own
+    assert "\t2 keys\t" in cli.main("accounts", "list").stdout
+
+
+def test_an_unknown_account_is_refused_and_nothing_is_created(cli: CLI) -> None:
+    ran = cli.main("keys", "create", "--name", "a", "--account", "nobody", "--budget-usd", "5", code=1)
+    assert ran.stdout == ""
+    assert "no account named or with id 'nobody'" in ran.stderr
+    assert cli.sql("SELECT COUNT(*) FROM keys") == [(0,)]
+    assert cli.sql("SELECT COUNT(*) FROM accounts") == [(0,)]
+    assert cli.sql("SELECT COUNT(*) FROM ledger") == [(0,)]
+
+
+def test_budget_usd_makes_the_key_prepaid_with_a_topup(cli: CLI) -> None:
+    ran = cli.main("keys", "create", "--name", "a", "--budget-usd", "20", "--cap-usd", "2.5")
+    key_id = created(ran)
+    assert "budget: balance $20.000000, cap $2.500000/month" in ran.stdout.splitlines()
+    assert cli.sql("SELECT prepaid, cap_nanousd, cap_period FROM keys") == [(1, 2_500_000_000, "month")]
+    assert cli.sql("SELECT owner, kind, amount_nanousd, note FROM ledger") == [
+        (key_id, "topup", 20_000_000_000, "initial budget")]
+    # The money is the key's own: its account has no limit.
+    assert cli.sql("SELECT prepaid, cap_nanousd FROM accounts") == [(0, None)]
+    assert cli.main("keys", "list").stdout.split("\t")[-2:] == ["balance $20.000000", "cap $2.500000/month\n"]
+
+
+def test_budget_usd_zero_is_prepaid_with_nothing_to_spend(cli: CLI) -> None:
+    ran = cli.main("keys", "create", "--name", "a", "--budget-usd", "0")
+    assert "budget: balance $0.000000, no cap" in ran.stdout
+    assert cli.sql("SELECT prepaid FROM keys") == [(1,)]
+    assert cli.sql("SELECT COUNT(*) FROM ledger") == [(0,)]
+
+
+def test_keys_topup_and_take_back(cli: CLI) -> None:
+    key_id = created(cli.main("keys", "create", "--name", "a"))
+    ran = cli.main("keys", "topup", key_id, "5", "--note", "invoice 12")
+    assert ran.stdout.splitlines() == [f"a ({key_id}): +$5.000000, balance $5.000000",
+                                       "now prepaid: requests are refused once the balance cannot cover them"]
+    assert cli.sql("SELECT prepaid FROM keys") == [(1,)]
+    assert cli.main("keys", "topup", key_id, "-1.25").stdout == f"a ({key_id}): -$1.250000, balance $3.750000\n"
+    refused = cli.main("keys", "topup", key_id, "-3.750000001", code=1)
+    assert "cannot take back $3.750000 from a" in refused.stderr
+    cli.main("keys", "topup", key_id, "0", code=2)
+    cli.main("keys", "topup", "key_0000000000000000", "1", code=1)
+    assert cli.sql("SELECT kind, amount_nanousd, note FROM ledger ORDER BY id") == [
+        ("topup", 5_000_000_000, "invoice 12"), ("topup", -1_250_000_000, None)]
+    assert cli.sql("SELECT SUM(amount_nanousd) FROM ledger WHERE owner = ?", key_id) == [(3_750_000_000,)]
+    assert "\tbalance $3.750000\t" in cli.main("keys", "list").stdout
+
+
+def test_keys_update_limits_and_budget_together(cli: CLI) -> None:
+    key_id = created(cli.main("keys", "create", "--name", "a", "--budget-usd", "1"))
+    ran = cli.main("keys", "update", key_id, "--rpm", "10", "--cap-usd", "3", "--period", "day", "--no-balance")
+    assert ran.stdout == f"updated {key_id}: rpm=10, cap=$3.000000/day, prepaid=off\n"
+    assert cli.sql("SELECT rpm, prepaid, cap_nanousd, cap_period FROM keys") == [(10, 0, 3_000_000_000, "day")]
+    # The balance stays in the ledger when prepaid is turned off; a later top-up starts from it.
+    assert cli.sql("SELECT SUM(amount_nanousd) FROM ledger") == [(1_000_000_000,)]
+    assert "\tno balance\tcap $3.000000/day" in cli.main("keys", "list").stdout
