@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from tollway.accounting.keys import new_key
 from tollway.api.app import create_app
 from tollway.api.context import SERVICES
 from tollway.config import Config, parse_config
-from tollway.store import SQLStore, UsageRecord, open_store
+from tollway.store import AccountRecord, Budget, SQLStore, UsageRecord, open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -40,11 +42,30 @@ class Gateway:
         return self.app[SERVICES]
 
     def create_key(self, name: str = "test", models: tuple[str, ...] | None = None, *, rpm: int | None = None,
-                   itpm: int | None = None, otpm: int | None = None, max_concurrency: int | None = None) -> str:
+                   itpm: int | None = None, otpm: int | None = None, max_concurrency: int | None = None,
+                   budget: Budget | None = None, account: str | None = None) -> str:
         record, secret = new_key(name, models)
-        record = dataclasses.replace(record, rpm=rpm, itpm=itpm, otpm=otpm, max_concurrency=max_concurrency)
+        record = dataclasses.replace(record, rpm=rpm, itpm=itpm, otpm=otpm, max_concurrency=max_concurrency,
+                                     budget=budget or Budget(), account_id=account)
         self.server.thread.run(self.services.store.insert_key(record))
         return secret
+
+    def create_account(self, name: str, budget: Budget | None = None) -> str:
+        account = AccountRecord(id="acct_" + secrets.token_hex(8), name=name, created_at=datetime.now(UTC),
+                                budget=budget or Budget())
+        self.server.thread.run(self.services.store.insert_account(account))
+        return account.id
+
+    def topup(self, owner: str, usd_nano: int) -> None:
+        """Top up as the CLI does (a ledger entry in the store), then let the gateway pick it up now."""
+        self.server.thread.run(self.services.store.topup(owner, usd_nano))
+        self.server.thread.run(self.services.funds.refresh())
+
+    def balance(self, owner: str) -> tuple[int, int]:
+        """The gateway's balance for ``owner`` and the ledger's sum in the store, after a flush."""
+        self.server.thread.run(self.services.ledger.flush())
+        stored, _ = self.server.thread.run(self.services.store.balances())
+        return self.services.funds.wallet.purses[owner].balance, stored.get(owner, 0)
 
     def key_id(self, name: str) -> str:
         keys = self.server.thread.run(self.services.store.list_keys())

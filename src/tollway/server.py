@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from tollway.accounting.keys import new_key
+from tollway.accounting.keys import new_account, new_key
 from tollway.api.app import create_app
 from tollway.config import Config
 from tollway.store import open_store
@@ -26,7 +26,8 @@ async def _first_key(config: Config) -> str | None:
         if await store.list_keys():
             return None
         record, secret = new_key("default", None)
-        await store.insert_key(record)
+        account = new_account("default", record.created_at)
+        await store.insert_key(dataclasses.replace(record, account_id=account.id), account)
         return secret
     finally:
         await store.close()

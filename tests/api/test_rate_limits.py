@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, Upstream, gateway_config
+from tollway.config import KeyLimitConfig, RateLimits
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -116,3 +119,25 @@ def test_errors_after_admission_carry_the_headers(gateway: Gateway) -> None:
                    headers={"x-api-key": secret, "x-fake-scenario": "html:502"})
     assert r.status_code == 502
     assert r.headers["anthropic-ratelimit-requests-remaining"] == "9"
+
+
+def test_model_limits_from_the_config_and_a_key_rule_over_them(upstream: Upstream, tmp_path: Path) -> None:
+    base = gateway_config(upstream.url, tmp_path / "t.db")
+    models = tuple(dataclasses.replace(m, limits=RateLimits(rpm=1)) if m.name == "claude-sonnet-4-6" else m
+                   for m in base.models)
+    config = dataclasses.replace(base, models=models, key_limits=(
+        KeyLimitConfig(key="vip", model="claude-sonnet-*", limits=RateLimits(rpm=3)),))
+    gw = Gateway(config)
+    try:
+        plain, vip = gw.create_key("plain"), gw.create_key("vip")  # neither has limits of its own
+        assert post(gw, plain).status_code == 200
+        refused = post(gw, plain)
+        assert refused.status_code == 429
+        assert "claude-sonnet-4-6" in refused.json()["error"]["message"]
+        assert refused.headers["anthropic-ratelimit-requests-limit"] == "1"
+        # Another model is not limited by the first one's rule.
+        assert post(gw, plain, model="claude-haiku-4-5-20251001").status_code == 200
+        statuses = [post(gw, vip).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]  # the key's rule replaces the model's 1 rpm with 3
+    finally:
+        gw.server.close()

@@ -63,6 +63,9 @@ class FakeAnthropic:
     should_retry: str | None = None
     fail_rate: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    in_flight: int = 0
+    peak: int = 0
+    """The most ``/v1/messages`` requests handled at once since a test last set it to 0."""
 
     def reset(self) -> None:
         self.force = self.force_count = self.force_key = self.should_retry = None
@@ -103,6 +106,14 @@ class FakeAnthropic:
         return web.json_response({"input_tokens": len(item.body) // 4})
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await self._messages(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
         item = await self._record(request)
         scenario = self._scenario(item)
         kind, _, arg = scenario.partition(":")

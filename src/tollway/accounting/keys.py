@@ -16,9 +16,10 @@ import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from tollway.store import KeyRecord, SQLStore
+from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, SQLStore
 
 PREFIX = "tw-"
+ACCOUNT_PREFIX = "acct_"
 log = logging.getLogger("tollway.keys")
 
 
@@ -32,6 +33,10 @@ def new_key(name: str, models: tuple[str, ...] | None) -> tuple[KeyRecord, str]:
     record = KeyRecord(id="key_" + secrets.token_hex(8), name=name, secret_hash=hash_secret(secret),
                        hint=f"{secret[:7]}...{secret[-4:]}", models=models, created_at=datetime.now(UTC))
     return record, secret
+
+
+def new_account(name: str, created_at: datetime, budget: Budget = UNLIMITED) -> AccountRecord:
+    return AccountRecord(id=ACCOUNT_PREFIX + secrets.token_hex(8), name=name, created_at=created_at, budget=budget)
 
 
 def may_use(key: KeyRecord, model: str) -> bool:

@@ -17,7 +17,7 @@ from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
 from tollway.api.models import get_model, list_models
 from tollway.config import Config
-from tollway.limits import MemoryLimiter
+from tollway.limits import LimitRules, MemoryLimiter
 from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
@@ -60,7 +60,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await table.start()
         health = HealthBoard()
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
-                                 router=Router(table, health), limiter=MemoryLimiter(), funds=funds)
+                                 router=Router(table, health), limiter=MemoryLimiter(),
+                                 limit_rules=LimitRules.from_config(config), funds=funds)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
         gc.collect()

@@ -10,7 +10,7 @@ from tollway.accounting.funds import Funds
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.config import Config
-from tollway.limits import Limiter
+from tollway.limits import Limiter, LimitRules
 from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
@@ -27,6 +27,7 @@ class Services:
     health: HealthBoard
     router: Router
     limiter: Limiter
+    limit_rules: LimitRules
     funds: Funds
     open_streams: int = 0
 

@@ -146,8 +146,9 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         raise NotFound(f"model: {info.model}")
     if not may_use(key, info.model):
         raise PermissionDenied(f"This API key is not allowed to use the model {info.model}.")
-    if not counting and key.limited:
-        outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens)
+    if not counting and services.limit_rules.applies(key, info.model):
+        outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens,
+                                                     model=info.model, rules=services.limit_rules)
     if not counting and services.funds.limited(key):
         outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, body, info.max_tokens,
                                                     route.max_input_tokens)

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 from collections import Counter
 from datetime import UTC, datetime
 
+from tollway.accounting.keys import ACCOUNT_PREFIX, new_account
 from tollway.cli import budgets
 from tollway.cli.common import Refused, SubParsers, found
-from tollway.store import UNLIMITED, AccountRecord, Budget, SQLStore
-
-ID_PREFIX = "acct_"
-
-
-def new_account(name: str, created_at: datetime, budget: Budget = UNLIMITED) -> AccountRecord:
-    return AccountRecord(id=ID_PREFIX + secrets.token_hex(8), name=name, created_at=created_at, budget=budget)
+from tollway.store import AccountRecord, SQLStore
 
 
 def add_parser(sub: SubParsers, common: argparse.ArgumentParser) -> None:
@@ -54,8 +48,8 @@ async def find(store: SQLStore, ref: str) -> AccountRecord:
 async def _create(args: argparse.Namespace, store: SQLStore) -> int:
     name = args.name.strip()
     # Accounts are found by id or by name: a name shaped like an id could shadow another account.
-    if not name or name.startswith(ID_PREFIX):
-        raise Refused(f"an account name must be non-empty and not start with {ID_PREFIX!r}", code=2)
+    if not name or name.startswith(ACCOUNT_PREFIX):
+        raise Refused(f"an account name must be non-empty and not start with {ACCOUNT_PREFIX!r}", code=2)
     if await store.account(name) is not None:
         raise Refused(f"an account named {name!r} exists already")
     account = new_account(name, datetime.now(UTC), budgets.new(args))

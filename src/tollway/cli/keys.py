@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from tollway.accounting.keys import new_key
+from tollway.accounting.keys import new_account, new_key
 from tollway.cli import budgets
 from tollway.cli.accounts import find as find_account
-from tollway.cli.accounts import new_account
 from tollway.cli.common import Refused, SubParsers, found
 from tollway.store import AccountRecord, SQLStore
 

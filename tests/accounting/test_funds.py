@@ -1,0 +1,157 @@
+"""Funds on a real SQLite store: what a start loads, what a refresh picks up, and the errors it raises."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tollway.accounting.funds import Funds
+from tollway.accounting.keys import new_key
+from tollway.accounting.ledger import UsageLedger
+from tollway.errors import BillingError, InvalidRequest
+from tollway.protocol.catalog import LIST_PRICES
+from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, LedgerEntry, SQLStore, UsageRecord
+
+SONNET = LIST_PRICES["claude-sonnet-4-6"]
+BODY = b'{"messages":[{"role":"user","content":"hi"}]}'
+# What that body with max_tokens=10 reserves: (body + allowance) tokens at $3/M plus 10 at $15/M.
+RESERVE = (len(BODY) + 4096) * 3000 + 10 * 15000
+
+
+async def make_key(store: SQLStore, name: str, budget: Budget = UNLIMITED, account: str | None = None,
+                   account_budget: Budget | None = None) -> KeyRecord:
+    record, _ = new_key(name, None)
+    own = None
+    if account is None:
+        own = AccountRecord(id="acct_" + record.id[4:], name=name, created_at=record.created_at,
+                            budget=account_budget or Budget())
+        account = own.id
+    record = dataclasses.replace(record, account_id=account, budget=budget)
+    await store.insert_key(record, own)
+    return record
+
+
+def usage_row(request_id: str, key: KeyRecord, cost: int, at: datetime) -> UsageRecord:
+    return UsageRecord(request_id=request_id, created_at=at, key_id=key.id, endpoint="messages",
+                       model="claude-sonnet-4-6", upstream="fake", upstream_model=None, stream=False, status=200,
+                       error_type=None, cost_nanousd=cost)
+
+
+async def started(store: SQLStore, ledger: UsageLedger) -> Funds:
+    funds = Funds(store, ledger.entry, refresh_interval=3600)
+    await funds.start()
+    return funds
+
+
+async def test_a_request_reserves_then_settles_and_the_store_adds_up(store: SQLStore) -> None:
+    key = await make_key(store, "alice")
+    await store.topup(key.id, 50_000_000)
+    ledger = UsageLedger(store, flush_interval=3600)
+    funds = await started(store, ledger)
+    try:
+        assert funds.limited(key)
+        hold = await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+        assert hold is not None and hold.amount == RESERVE
+        assert funds.wallet.purses[key.id].balance == 50_000_000 - RESERVE
+        await funds.settle(hold, 1234)
+        await ledger.flush()
+        balances, _ = await store.balances()
+        assert balances[key.id] == funds.wallet.purses[key.id].balance == 50_000_000 - 1234
+        kinds = [e.kind for _, e in await store.ledger_entries(owner=key.id)]
+        assert kinds == ["topup", "reserve", "settle"]
+    finally:
+        await funds.close()
+
+
+async def test_a_spent_balance_raises_402_with_what_is_left(store: SQLStore) -> None:
+    key = await make_key(store, "bob")
+    await store.topup(key.id, RESERVE - 1)
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        with pytest.raises(BillingError) as caught:
+            await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+        assert caught.value.status == 402
+        assert "credit balance is too low" in caught.value.message
+        assert f"${(RESERVE - 1) / 1e9:.6f}" in caught.value.message and "'bob'" in caught.value.message
+        assert funds.wallet.purses[key.id].held == 0
+    finally:
+        await funds.close()
+
+
+async def test_an_unpriced_model_reserves_nothing(store: SQLStore) -> None:
+    key = await make_key(store, "carol")
+    await store.topup(key.id, 1)
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        assert await funds.reserve("req_1", key, None, BODY, 10, None) is None
+    finally:
+        await funds.close()
+
+
+async def test_a_spent_cap_is_a_400_naming_when_access_returns(store: SQLStore) -> None:
+    key = await make_key(store, "dave", account_budget=Budget(cap_nanousd=RESERVE + 10, cap_period="day"))
+    now = datetime.now(UTC)
+    # Spent earlier today, by the key, in rows already stored: a start must count them against the cap.
+    await store.insert_usage([usage_row("old_1", key, 20, now - timedelta(seconds=1))])
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        assert key.account_id is not None and funds.wallet.purses[key.account_id].spent == 20
+        with pytest.raises(InvalidRequest) as caught:
+            await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+        message = caught.value.message
+        assert message.startswith("You have reached your specified API usage limits")
+        tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
+        assert f"regain access on {tomorrow} at 00:00 UTC" in message and "'dave'" in message
+    finally:
+        await funds.close()
+
+
+async def test_topups_and_budget_changes_from_another_process_arrive_on_refresh(store: SQLStore) -> None:
+    key = await make_key(store, "erin")
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        assert not funds.limited(key)
+        await store.topup(key.id, 5_000_000_000)  # as `tollway keys topup` does, from its own process
+        await store.set_budget(key.account_id or "", {"cap_nanousd": 7, "cap_period": "month"})
+        await funds.refresh()
+        assert funds.limited(key)
+        assert funds.wallet.purses[key.id].balance == 5_000_000_000
+        assert key.account_id is not None
+        assert funds.wallet.purses[key.account_id].budget == Budget(cap_nanousd=7, cap_period="month")
+        await funds.refresh()  # the same top-up is never counted twice
+        assert funds.wallet.purses[key.id].balance == 5_000_000_000
+    finally:
+        await funds.close()
+
+
+async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore) -> None:
+    key = await make_key(store, "frank")
+    await store.topup(key.id, 1_000_000_000)
+    ledger = UsageLedger(store, 3600)
+    funds = await started(store, ledger)
+    hold = await funds.reserve("req_cut", key, SONNET, BODY, 10, 200_000)
+    assert hold is not None
+    await ledger.flush()  # the reserve reached the store; then the process dies without settling
+    await funds.close()
+    balances, _ = await store.balances()
+    assert balances[key.id] == 1_000_000_000 - RESERVE
+
+    again = await started(store, UsageLedger(store, 3600))
+    try:
+        assert again.wallet.purses[key.id].balance == 1_000_000_000
+        entries = await store.ledger_entries(owner=key.id)
+        assert [(e.kind, e.amount_nanousd) for _, e in entries][-1] == ("release", RESERVE)
+        assert await store.open_reserves() == []
+    finally:
+        await again.close()
+
+
+async def test_entries_written_twice_count_once(store: SQLStore) -> None:
+    key = await make_key(store, "gina")
+    entry = LedgerEntry(datetime.now(UTC), key.id, "reserve", -5, "req_1")
+    await store.insert_usage([], [entry])
+    await store.insert_usage([], [entry])  # a batch retried after an unclear failure
+    balances, _ = await store.balances()
+    assert balances[key.id] == -5
