@@ -56,8 +56,10 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
 TARGETS = ("direct", "relay", "tollway", "tollway-limited", "direct-openai", "tollway-openai")
-# Limits far above what the bench sends: every request pays for the checks, none is refused.
-LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000"]
+# Limits and money far above what the bench uses: every request pays for the checks (three buckets and a
+# concurrency slot, a prepaid balance and a daily cap: reserve, settle, two ledger entries), none is refused.
+LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000",
+               "--budget-usd", "1000000", "--cap-usd", "1000000", "--period", "day"]
 MODES = ("non-stream", "stream")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -16,8 +17,9 @@ from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, LedgerEnt
 
 SONNET = LIST_PRICES["claude-sonnet-4-6"]
 BODY = b'{"messages":[{"role":"user","content":"hi"}]}'
-# What that body with max_tokens=10 reserves: (body + allowance) tokens at $3/M plus 10 at $15/M.
-RESERVE = (len(BODY) + 4096) * 3000 + 10 * 15000
+# What that body with max_tokens=10 reserves: (body + allowance) tokens at the 1-hour cache write's $6/M,
+# plus 10 at $15/M.
+RESERVE = (len(BODY) + 4096) * 6000 + 10 * 15000
 
 
 async def make_key(store: SQLStore, name: str, budget: Budget = UNLIMITED, account: str | None = None,
@@ -52,7 +54,7 @@ async def test_a_request_reserves_then_settles_and_the_store_adds_up(store: SQLS
     funds = await started(store, ledger)
     try:
         assert funds.limited(key)
-        hold = await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+        hold = await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
         assert hold is not None and hold.amount == RESERVE
         assert funds.wallet.purses[key.id].balance == 50_000_000 - RESERVE
         await funds.settle(hold, 1234)
@@ -71,7 +73,7 @@ async def test_a_spent_balance_raises_402_with_what_is_left(store: SQLStore) -> 
     funds = await started(store, UsageLedger(store, 3600))
     try:
         with pytest.raises(BillingError) as caught:
-            await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+            await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
         assert caught.value.status == 402
         assert "credit balance is too low" in caught.value.message
         assert f"${(RESERVE - 1) / 1e9:.6f}" in caught.value.message and "'bob'" in caught.value.message
@@ -85,7 +87,7 @@ async def test_an_unpriced_model_reserves_nothing(store: SQLStore) -> None:
     await store.topup(key.id, 1)
     funds = await started(store, UsageLedger(store, 3600))
     try:
-        assert await funds.reserve("req_1", key, None, BODY, 10, None) is None
+        assert await funds.reserve("req_1", key, None, len(BODY), False, 10, None) is None
     finally:
         await funds.close()
 
@@ -99,7 +101,7 @@ async def test_a_spent_cap_is_a_400_naming_when_access_returns(store: SQLStore) 
     try:
         assert key.account_id is not None and funds.wallet.purses[key.account_id].spent == 20
         with pytest.raises(InvalidRequest) as caught:
-            await funds.reserve("req_1", key, SONNET, BODY, 10, 200_000)
+            await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
         message = caught.value.message
         assert message.startswith("You have reached your specified API usage limits")
         tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
@@ -131,7 +133,7 @@ async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore) ->
     await store.topup(key.id, 1_000_000_000)
     ledger = UsageLedger(store, 3600)
     funds = await started(store, ledger)
-    hold = await funds.reserve("req_cut", key, SONNET, BODY, 10, 200_000)
+    hold = await funds.reserve("req_cut", key, SONNET, len(BODY), False, 10, 200_000)
     assert hold is not None
     await ledger.flush()  # the reserve reached the store; then the process dies without settling
     await funds.close()
@@ -155,3 +157,14 @@ async def test_entries_written_twice_count_once(store: SQLStore) -> None:
     await store.insert_usage([], [entry])  # a batch retried after an unclear failure
     balances, _ = await store.balances()
     assert balances[key.id] == -5
+
+
+async def test_refreshes_at_the_same_time_credit_a_topup_once(store: SQLStore) -> None:
+    key = await make_key(store, "hana")
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        await store.topup(key.id, 1000)
+        await asyncio.gather(*(funds.refresh() for _ in range(5)))  # the loop's and an admin call's, say
+        assert funds.wallet.purses[key.id].balance == 1000
+    finally:
+        await funds.close()

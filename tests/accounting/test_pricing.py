@@ -16,7 +16,7 @@ from tollway.accounting.pricing import (
     input_bound,
     reserve_nanousd,
 )
-from tollway.protocol.catalog import LIST_PRICES, SEED_MODELS
+from tollway.protocol.catalog import LIST_PRICES, SEED_MODELS, Prices
 from tollway.protocol.usage import Usage
 from tollway.store import UsageSummary
 
@@ -140,31 +140,29 @@ def test_one_cache_read_costs_a_whole_number_of_nano_dollars() -> None:
 SONNET = LIST_PRICES["claude-sonnet-4-6"]
 
 
-def test_reserve_is_the_body_bound_at_the_input_price_plus_max_tokens_of_output() -> None:
-    head = b'{"model":"claude-sonnet-4-6","max_tokens":100,"messages":[{"role":"user","content":"'
-    body = head + b"x" * (1000 - len(head) - 4) + b'"}]}'
-    assert len(body) == 1000
-    # (1000 bytes + 4096 allowance) tokens at $3/M, 100 tokens at $15/M, in nano-dollars.
-    assert reserve_nanousd(SONNET, body, 100, 200_000) == 5096 * 3000 + 100 * 15000
-
-
-def test_a_body_asking_for_caching_is_reserved_at_the_dearest_cache_write() -> None:
-    body = b'{"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]}'
-    assert reserve_nanousd(SONNET, body, 10, None) == (len(body) + INPUT_ALLOWANCE) * 6000 + 10 * 15000
+def test_reserve_is_the_body_bound_at_the_dearest_input_rate_plus_max_tokens_of_output() -> None:
+    # (1000 bytes + 4096 allowance) tokens at the 1-hour cache write's $6/M, 100 tokens at $15/M, in nano-dollars.
+    assert reserve_nanousd(SONNET, 1000, False, 100, 200_000) == 5096 * 6000 + 100 * 15000
+    haiku = LIST_PRICES["claude-haiku-4-5-20251001"]
+    assert reserve_nanousd(haiku, 0, False, 1, None) == INPUT_ALLOWANCE * 2000 + 5000
 
 
 def test_fetched_content_is_bounded_by_the_context_window() -> None:
-    body = b'{"content":[{"type":"document","source":{"type":"url","url":"https://x/a.pdf"}}]}'
-    assert input_bound(body, 200_000) == 200_000
-    assert input_bound(body, None) == len(body) + INPUT_ALLOWANCE + FETCHED_ALLOWANCE
-    assert input_bound(b"x" * 300_000, 200_000) == 200_000  # never above what the model can read
-    assert input_bound(b"{}", 200_000) == 2 + INPUT_ALLOWANCE
+    assert input_bound(500, True, 200_000) == 200_000
+    assert input_bound(500, True, None) == 500 + INPUT_ALLOWANCE + FETCHED_ALLOWANCE
+    assert input_bound(300_000, False, 200_000) == 200_000  # never above what the model can read
+    assert input_bound(2, False, 200_000) == 2 + INPUT_ALLOWANCE
+
+
+def test_a_price_finer_than_a_nano_dollar_a_token_is_rounded_up() -> None:
+    odd = Prices(Decimal("0.0001"), Decimal("0.0001"), Decimal("0.0001"), Decimal("0.0001"), Decimal("0.0001"))
+    assert reserve_nanousd(odd, 0, False, 1, None) == INPUT_ALLOWANCE + 1
 
 
 @pytest.mark.parametrize("model", [m.id for m in SEED_MODELS])
 def test_the_reserve_covers_what_the_recorded_answers_cost(model: str) -> None:
-    # Every recorded Anthropic answer's usage, priced, against the reserve of a request that could have
-    # produced it: the smallest body, max_tokens equal to the output it got.
+    # Every recorded Anthropic answer's usage, priced, against the reserve of the smallest request that could
+    # have produced it: an empty body, max_tokens equal to the output it got.
     prices = LIST_PRICES[model]
     checked = 0
     for path in sorted(FIXTURES.glob("*.json")):
@@ -175,7 +173,7 @@ def test_the_reserve_covers_what_the_recorded_answers_cost(model: str) -> None:
         usage.update(raw["usage"])
         if usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens > INPUT_ALLOWANCE:
             continue  # a request that big has a body at least that big; this bound needs no proof here
-        reserve = reserve_nanousd(prices, b'{"cache_control":1}', max(1, usage.output_tokens), None)
+        reserve = reserve_nanousd(prices, 0, False, max(1, usage.output_tokens), None)
         assert reserve >= cost_nanousd(prices, usage), path.name
         checked += 1
     assert checked >= 3

@@ -22,7 +22,7 @@ def reserve_of(gateway: Gateway, content: str, max_tokens: int) -> int:
     body = httpx.Request("POST", "http://x", json={
         "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}], "model": MODEL}).content
     route = gateway.services.table.routes[MODEL]
-    return reserve_nanousd(LIST_PRICES[MODEL], body, max_tokens, route.max_input_tokens)
+    return reserve_nanousd(LIST_PRICES[MODEL], len(body), False, max_tokens, route.max_input_tokens)
 
 
 def ask(client: anthropic.Anthropic, content: str = "hi") -> anthropic.types.Message:

@@ -363,7 +363,7 @@ def test_valid(request_body: dict[str, Any], kwargs: dict[str, Any]) -> None:
     snapshot = copy.deepcopy(request_body)
     info = validate_request(request_body, **kwargs)
     assert info == RequestInfo(model=request_body["model"], stream=bool(request_body.get("stream")),
-                               max_tokens=request_body["max_tokens"])
+                               max_tokens=request_body["max_tokens"], fetches=info.fetches)
     assert request_body == snapshot  # validation never changes the body it forwards
 
 
@@ -486,3 +486,25 @@ def test_rich_body_with_one_nested_value_replaced_or_removed(path: tuple[str | i
     else:
         parent[path[-1]] = value
     returns_or_rejects(mutated, betas="interleaved-thinking-2025-05-14")
+
+
+# -- content the upstream fetches (its input is not bounded by the body's size) -----------------------------
+
+URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+INLINE_IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}
+
+
+@pytest.mark.parametrize(("request_body", "fetches"), [
+    (body(), False),
+    (body(messages=[{"role": "user", "content": [INLINE_IMAGE]}]), False),
+    (body(messages=[{"role": "user", "content": [URL_IMAGE]}]), True),
+    (body(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "file", "file_id": "file_1"}}]}]), True),
+    (body(messages=msgs([{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                        [{"type": "tool_result", "tool_use_id": "t1", "content": [URL_IMAGE]}])[1:]), True),
+    (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), True),
+    (body(tools=[{"type": "bash_20250124", "name": "bash"}]), False),
+    (body(mcp_servers=[{"type": "url", "url": "https://mcp.example.com", "name": "x"}]), True),
+])
+def test_fetches(request_body: dict[str, Any], fetches: bool) -> None:
+    assert validate_request(request_body).fetches is fetches

@@ -44,6 +44,8 @@ class Funds:
         self._last_entry = 0
         self._last_sync: datetime | None = None
         self._task: asyncio.Task[None] | None = None
+        # One refresh at a time: two reading the same new top-ups would both credit them.
+        self._refreshing = asyncio.Lock()
 
     # -- keeping in step with the store --------------------------------------------------------------
 
@@ -70,6 +72,10 @@ class Funds:
             log.warning("released %d reserves left by requests the last stop cut off", len(orphans))
 
     async def refresh(self) -> None:
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         started = datetime.now(UTC)
         since = None if self._last_sync is None else self._last_sync - self.OVERLAP
         changed: list[str] = []
@@ -116,9 +122,7 @@ class Funds:
             for owner in owners:
                 spend.setdefault(owner, {})[label] = totals.get(owner, 0)
         for owner in owners:
-            purse = self.wallet.purse(owner)
-            purse.period = period_of(now, purse.budget.cap_period)
-            purse.spent = spend[owner].get(purse.period, 0)
+            self.wallet.set_spent(owner, spend[owner])
 
     async def _loop(self) -> None:
         while True:
@@ -133,13 +137,13 @@ class Funds:
     def limited(self, key: KeyRecord) -> bool:
         return self.wallet.limited((key.id, key.account_id))
 
-    async def reserve(self, request_id: str, key: KeyRecord, prices: Prices | None, body: bytes, max_tokens: int,
-                      max_input_tokens: int | None) -> Hold | None:
+    async def reserve(self, request_id: str, key: KeyRecord, prices: Prices | None, body_size: int, fetches: bool,
+                      max_tokens: int, max_input_tokens: int | None) -> Hold | None:
         """Reserve the most this request can cost, or raise the error Anthropic gives when money runs out,
         having reserved nothing. None when the request costs nothing (its model has no price)."""
         if prices is None:
             return None
-        amount = reserve_nanousd(prices, body, max_tokens, max_input_tokens)
+        amount = reserve_nanousd(prices, body_size, fetches, max_tokens, max_input_tokens)
         owners = (key.id,) if key.account_id is None else (key.id, key.account_id)
         result = await self.wallet.reserve(request_id, owners, amount)
         if isinstance(result, Refusal):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from tollway.protocol.catalog import LIST_PRICES, Prices
@@ -39,26 +40,35 @@ INPUT_ALLOWANCE = 4096
 # Content the upstream fetches or runs itself (URL and Files API sources, server tools) can bring in any
 # number of tokens; only the model's context window bounds it. For a model with no known window:
 FETCHED_ALLOWANCE = 200_000
-_FETCHED = (b'"url"', b'"file_id"', b'"web_search', b'"web_fetch', b'"code_execution', b'"mcp_servers"')
 
 
-def input_bound(body: bytes, max_input_tokens: int | None) -> int:
-    """At least as many input tokens as ``body`` can be billed for.
+def input_bound(body_size: int, fetches: bool, max_input_tokens: int | None) -> int:
+    """At least as many input tokens as a body of ``body_size`` bytes can be billed for.
 
     A token of Claude's (byte-level) tokenizer covers at least one byte of text, and an inline image or
     document costs far fewer tokens than its base64 has bytes, so the body's size bounds what it holds.
+    What the upstream ``fetches`` is bounded only by the context window.
     """
-    tokens = len(body) + INPUT_ALLOWANCE
-    if any(marker in body for marker in _FETCHED):
+    tokens = body_size + INPUT_ALLOWANCE
+    if fetches:
         tokens = max_input_tokens or tokens + FETCHED_ALLOWANCE
     return tokens if max_input_tokens is None else min(tokens, max_input_tokens)
 
 
-def reserve_nanousd(prices: Prices, body: bytes, max_tokens: int, max_input_tokens: int | None) -> int:
-    """The most a request can cost: its input bound at the dearest rate its input may be billed at (a cache
-    write when it marks a prefix for caching), plus ``max_tokens`` of output. Rounded up."""
-    rate = prices.input
-    if b'"cache_control"' in body:
-        rate = max(rate, prices.cache_write_5m, prices.cache_write_1h)
-    total = (input_bound(body, max_input_tokens) * rate + max_tokens * prices.output) * NANO_PER_TOKEN
-    return int(total.to_integral_value(ROUND_CEILING))
+@functools.lru_cache(maxsize=256)
+def _reserve_rates(prices: Prices) -> tuple[int, int]:
+    """Nano-dollars per token, rounded up (a reserve may only err high): the dearest rate input can be billed
+    at (a cache write), and output. Integers, so the request path does no decimal arithmetic."""
+    def nano(rate: Decimal) -> int:
+        return int((rate * NANO_PER_TOKEN).to_integral_value(ROUND_CEILING))
+
+    return nano(max(prices.input, prices.cache_write_5m, prices.cache_write_1h)), nano(prices.output)
+
+
+def reserve_nanousd(prices: Prices, body_size: int, fetches: bool, max_tokens: int,
+                    max_input_tokens: int | None) -> int:
+    """The most a request can cost: its input bound at the dearest rate input may be billed at, plus
+    ``max_tokens`` of output. Every input token is taken as a cache write: finding out which are would mean
+    reading the whole body (Claude Code's are hundreds of kilobytes), and its requests mark them anyway."""
+    input_rate, output_rate = _reserve_rates(prices)
+    return input_bound(body_size, fetches, max_input_tokens) * input_rate + max_tokens * output_rate

@@ -55,6 +55,8 @@ class Purse:
     spent: int = 0
     """Settled in ``period``."""
     period: str = ""
+    period_ends: float = 0.0
+    """Epoch seconds at which ``period`` ends: checked with one comparison, not a date format per request."""
 
 
 class Hold(NamedTuple):
@@ -105,17 +107,20 @@ class MemoryWallet:
         return purse
 
     def set_budget(self, owner: str, budget: Budget) -> None:
-        self.purse(owner).budget = budget
+        purse = self.purse(owner)
+        if purse.budget.cap_period != budget.cap_period:
+            purse.period_ends = 0.0  # the period's label is worked out again on next use
+        purse.budget = budget
 
     def credit(self, owner: str, amount: int) -> None:
         """A top-up, already in the ledger."""
         self.purse(owner).balance += amount
 
-    def restore(self, owner: str, balance: int, spent: dict[str, int]) -> None:
-        """Start from the store's figures: the ledger's sum, and what was spent per period (by period id)."""
+    def set_spent(self, owner: str, spent: dict[str, int]) -> None:
+        """What ``owner`` has spent, by period label, as the store counts it: the current period's figure is
+        kept."""
         purse = self.purse(owner)
-        purse.balance = balance
-        purse.period = period_of(self.now(), purse.budget.cap_period)
+        self._roll(purse, self._clock())
         purse.spent = spent.get(purse.period, 0)
 
     def limited(self, owners: Iterable[str | None]) -> bool:
@@ -126,13 +131,18 @@ class MemoryWallet:
                 return True
         return False
 
-    def _roll(self, purse: Purse, now: datetime) -> None:
-        period = period_of(now, purse.budget.cap_period)
+    @staticmethod
+    def _roll(purse: Purse, ts: float) -> None:
+        if ts < purse.period_ends:
+            return
+        when, kind = datetime.fromtimestamp(ts, UTC), purse.budget.cap_period
+        period = period_of(when, kind)
+        purse.period_ends = next_period(when, kind).timestamp()
         if purse.period != period:
             purse.period, purse.spent = period, 0
 
     async def reserve(self, request_id: str, owners: Sequence[str], amount: int) -> Hold | Refusal:
-        now = self.now()
+        ts = self._clock()
         taken: list[tuple[Purse, str, bool]] = []
         for owner in owners:
             purse = self.purses.get(owner)
@@ -142,11 +152,12 @@ class MemoryWallet:
             if budget.prepaid and purse.balance < amount:
                 return Refusal(owner, "balance", max(0, purse.balance), amount)
             if budget.cap_nanousd is not None:
-                self._roll(purse, now)
+                self._roll(purse, ts)
                 left = budget.cap_nanousd - purse.spent - purse.held
                 if left < amount:
-                    return Refusal(owner, "cap", max(0, left), amount, next_period(now, budget.cap_period))
+                    return Refusal(owner, "cap", max(0, left), amount, datetime.fromtimestamp(purse.period_ends, UTC))
             taken.append((purse, owner, budget.prepaid))
+        now = datetime.fromtimestamp(ts, UTC)
         # Every owner has room: take it from all of them, with no await in between.
         for purse, owner, prepaid in taken:
             purse.held += amount
@@ -156,13 +167,14 @@ class MemoryWallet:
         return Hold(request_id, amount, tuple((owner, prepaid) for _, owner, prepaid in taken))
 
     async def settle(self, hold: Hold, cost: int) -> None:
-        now = self.now()
+        ts = self._clock()
+        now = datetime.fromtimestamp(ts, UTC)
         if cost > hold.amount:
             log.warning("request %s cost %d nano-USD, more than the %d it reserved", hold.request_id, cost,
                         hold.amount)
         for owner, prepaid in hold.owners:
             purse = self.purse(owner)
-            self._roll(purse, now)
+            self._roll(purse, ts)
             purse.held -= hold.amount
             purse.spent += cost
             if prepaid:

@@ -150,8 +150,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens,
                                                      model=info.model, rules=services.limit_rules)
     if not counting and services.funds.limited(key):
-        outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, body, info.max_tokens,
-                                                    route.max_input_tokens)
+        outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, len(body), info.fetches,
+                                                    info.max_tokens, route.max_input_tokens)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)
 

@@ -26,6 +26,9 @@ class RequestInfo:
     model: str
     stream: bool
     max_tokens: int
+    fetches: bool = False
+    """Whether the upstream itself brings content in (a URL or Files API source, a server tool, MCP
+    servers): such input is not bounded by the body's size."""
 
 
 def _type_name(value: object) -> str:
@@ -97,13 +100,13 @@ def validate_request(body: object, *, count_tokens: bool = False, betas: str = "
     _check_stop_sequences(body.get("stop_sequences"))
     _check_metadata(body.get("metadata"))
     _check_system(body.get("system"))
-    _check_messages(body.get("messages"))
+    fetches = _check_messages(body.get("messages"))
     tools = body.get("tools")
-    _check_tools(tools)
+    fetches = _check_tools(tools) or fetches or body.get("mcp_servers") is not None
     tool_choice = body.get("tool_choice")
     _check_tool_choice(tool_choice)
     _check_thinking(body, max_tokens, count_tokens, betas, bool(tools))
-    return RequestInfo(model=model, stream=bool(stream), max_tokens=max_tokens)
+    return RequestInfo(model=model, stream=bool(stream), max_tokens=max_tokens, fetches=fetches)
 
 
 def _check_stop_sequences(value: object) -> None:
@@ -139,7 +142,8 @@ def _check_system(value: object) -> None:
         _expect(block.get("text"), str, f"{path}.text", "string")
 
 
-def _check_messages(messages: object) -> None:
+def _check_messages(messages: object) -> bool:
+    """Check the messages; True if one of them has content the upstream fetches."""
     if messages is None:
         raise _fail("messages", "Field required")
     _expect(messages, list, "messages", "list")
@@ -147,6 +151,7 @@ def _check_messages(messages: object) -> None:
     if not messages:
         raise _fail("messages", "List should have at least 1 item after validation, not 0")
     last = len(messages) - 1
+    fetches = False
     for i, message in enumerate(messages):
         path = f"messages.{i}"
         _expect(message, dict, path, "dictionary")
@@ -168,9 +173,10 @@ def _check_messages(messages: object) -> None:
             raise _fail(f"{path}.content", "Input should be a valid string or a list of content blocks")
         if not content and not final_assistant:
             raise _empty_message(i)
-        _check_blocks(content, path, final_assistant)
+        fetches = _check_blocks(content, path, final_assistant) or fetches
         if role == "assistant":
             _check_tool_results_follow(messages, i, content)
+    return fetches
 
 
 def _empty_message(i: int) -> InvalidRequest:
@@ -178,7 +184,18 @@ def _empty_message(i: int) -> InvalidRequest:
                                   "assistant message")
 
 
-def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> None:
+_SOURCED = frozenset({"image", "document"})
+_FETCHED_SOURCES = frozenset({"url", "file"})
+
+
+def _fetched(block: dict[str, Any]) -> bool:
+    source = block.get("source")
+    return isinstance(source, dict) and source.get("type") in _FETCHED_SOURCES
+
+
+def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> bool:
+    """Check a message's blocks; True if one has content the upstream fetches."""
+    fetches = False
     for j, block in enumerate(blocks):
         bpath = f"{path}.content.{j}"
         _expect(block, dict, bpath, "dictionary")
@@ -210,6 +227,15 @@ def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> None:
             is_error = block.get("is_error")
             if is_error is not None:
                 _expect(is_error, bool, f"{bpath}.tool_result.is_error", "boolean")
+            inner = block.get("content")
+            if isinstance(inner, list):
+                fetches = fetches or any(isinstance(b, dict) and b.get("type") in _SOURCED and _fetched(b)
+                                         for b in inner)
+        elif btype in _SOURCED:
+            fetches = fetches or _fetched(block)
+        elif btype == "container_upload":
+            fetches = True
+    return fetches
 
 
 def _check_tool_results_follow(messages: list[Any], i: int, content: list[Any]) -> None:
@@ -229,11 +255,16 @@ def _check_tool_results_follow(messages: list[Any], i: int, content: list[Any]) 
                                          "corresponding `tool_result` block in the next message.")
 
 
-def _check_tools(tools: object) -> None:
+_SERVER_TOOLS = ("web_search", "web_fetch", "code_execution")
+
+
+def _check_tools(tools: object) -> bool:
+    """Check the tools; True if one is a server tool, which brings in content of its own."""
     if tools is None:
-        return
+        return False
     _expect(tools, list, "tools", "list")
     assert isinstance(tools, list)
+    server = False
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
         _expect(tool, dict, path, "dictionary")
@@ -242,6 +273,7 @@ def _check_tools(tools: object) -> None:
         if ttype is not None and ttype != "custom":
             # Anthropic-defined tools (bash_20250124, web_search_..., ...) carry their own fields.
             _expect(ttype, str, f"{path}.type", "string")
+            server = server or ttype.startswith(_SERVER_TOOLS)
             continue
         if "name" not in tool:
             raise _fail(f"{path}.custom.name", "Field required")
@@ -254,6 +286,7 @@ def _check_tools(tools: object) -> None:
         description = tool.get("description")
         if description is not None:
             _expect(description, str, f"{path}.custom.description", "string")
+    return server
 
 
 def _check_tool_choice(choice: object) -> None:

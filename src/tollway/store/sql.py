@@ -36,8 +36,11 @@ _SQLITE_ROWS_PER_STATEMENT = 1000
 
 
 def _sqlite_time(value: datetime) -> str:
-    # The text form SQLAlchemy's DateTime type reads back on SQLite (naive, UTC).
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The text form SQLAlchemy's DateTime type reads back on SQLite (naive, UTC). isoformat is several
+    # times cheaper than strftime, and this runs for every row and ledger entry written.
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 @functools.cache
