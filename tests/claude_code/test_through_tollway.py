@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tollway.config import parse_config
+from tollway.store import Budget
 
 from .client import run_claude
 from .fake_upstream import FakeUpstream
@@ -62,3 +63,27 @@ def test_bash_tool_round_trip_through_tollway(claude_bin: Path, fake: FakeUpstre
     assert len(rows) == len(sent), diag
     assert all(r.status == 200 and r.stream and r.error_type is None for r in rows), rows
     assert all(r.input_tokens > 0 and r.output_tokens > 0 for r in rows), rows
+
+
+def test_claude_code_on_a_prepaid_key_is_billed_and_stopped_with_the_balance_message(
+        claude_bin: Path, fake: FakeUpstream, cc_gateway: Gateway, tmp_path: Path) -> None:
+    secret = cc_gateway.create_key("claude-code-prepaid", budget=Budget(prepaid=True))
+    key_id = cc_gateway.key_id("claude-code-prepaid")
+    cc_gateway.topup(key_id, 50_000_000_000)  # $50: room for Claude Code's large reserves
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_claude(cc_gateway.url, secret, PROMPT, work, bare=True, claude=claude_bin)
+    assert result.get("is_error") is False, f"result: {result}\ntraffic:\n{fake.dump()}"
+    rows = [r for r in cc_gateway.usage() if r.key_id == key_id and r.endpoint == "messages"]
+    assert rows and all(r.cost_nanousd for r in rows)
+    live, stored = cc_gateway.balance(key_id)
+    assert live == stored == 50_000_000_000 - sum(r.cost_nanousd or 0 for r in rows)
+
+    # Take the rest back: the next turn is refused before the upstream, and Claude Code shows why.
+    cc_gateway.topup(key_id, -live)
+    sent_before = len(fake.messages_requests())
+    refused = run_claude(cc_gateway.url, secret, PROMPT, work, bare=True, claude=claude_bin)
+    assert refused.get("is_error") is True and refused.get("api_error_status") == 402, refused
+    # Claude Code knows Anthropic's wording and shows its own notice for it.
+    assert "credit balance is too low" in str(refused.get("result")).lower(), refused
+    assert len(fake.messages_requests()) == sent_before
