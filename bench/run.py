@@ -80,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated levels (default 1,32)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each cell this many times, targets taking turns; keep the median (default 1)")
     parser.add_argument("--cell-timeout", type=float, default=120.0, help="seconds before a cell stops issuing")
     parser.add_argument(
         "--frame-gap-ms",
@@ -245,18 +247,27 @@ async def measure(targets: list[Target], fake: Server, args: argparse.Namespace)
             for c in args.concurrency:
                 total = args.requests_c1 if c == 1 else args.requests
                 warmup = max(c, min(200, total // 10))
+                rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+                # Targets take turns round after round, so a slow spell of the shared machine (or the
+                # previous cell's rows being written) falls on all of them; each keeps its median round.
+                for _ in range(args.rounds):
+                    for t in targets:
+                        stream = mode == "stream"
+                        await run_load(session, t.url, t.headers, t.workload, stream, c, warmup, args.cell_timeout)
+                        cpu0, up0, gen0 = cpu_of(t.process), cpu_of(fake), _own_cpu()
+                        res = await run_load(session, t.url, t.headers, t.workload, stream, c, total,
+                                             args.cell_timeout)
+                        cpu, up, gen = cpu_of(t.process) - cpu0, cpu_of(fake) - up0, _own_cpu() - gen0
+                        rounds[t.name].append(summarise(t, mode, c, res, cpu, up, gen))
                 for t in targets:
-                    stream = mode == "stream"
-                    await run_load(session, t.url, t.headers, t.workload, stream, c, warmup, args.cell_timeout)
-                    cpu0, up0, gen0 = cpu_of(t.process), cpu_of(fake), _own_cpu()
-                    res = await run_load(session, t.url, t.headers, t.workload, stream, c, total, args.cell_timeout)
-                    cpu, up, gen = cpu_of(t.process) - cpu0, cpu_of(fake) - up0, _own_cpu() - gen0
-                    cell = summarise(t, mode, c, res, cpu, up, gen)
+                    ordered = sorted(rounds[t.name], key=lambda cell: float(cell["cpu_us_per_req"]))
+                    cell = ordered[len(ordered) // 2]
+                    cell["rounds_cpu_us_per_req"] = [r["cpu_us_per_req"] for r in rounds[t.name]]
                     cells.append(cell)
                     print(
                         f"  {t.name:14} {mode:10} c={c:<3} {cell['rps']:>9} req/s  p50 {cell['p50_ms']} ms  "
                         f"p99 {cell['p99_ms']} ms  errors {cell['errors']}  cpu {cell['cpu_us_per_req']} us/req "
-                        f"(sched {cell['cpu_sched_us_per_req']})",
+                        f"(sched {cell['cpu_sched_us_per_req']}; rounds {cell['rounds_cpu_us_per_req']})",
                         flush=True,
                     )
     return cells

@@ -28,6 +28,17 @@ from tollway.store import KeyRecord
 
 BYTES_PER_TOKEN = 4
 _HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
+# Each kind's three header names, built once.
+_HEADERS = {kind: tuple(f"anthropic-ratelimit-{name}-{part}" for part in ("limit", "remaining", "reset"))
+            for kind, name in [*_HEADER_NAMES.items(), ("tokens", "tokens")]}
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_buckets(key_id: str, rpm: int | None, itpm: int | None,
+                 otpm: int | None) -> tuple[tuple[str, str, Quota], ...]:
+    """A key's own buckets, named and sized once per key and limits rather than per request."""
+    return tuple((kind, f"{key_id}:{kind}", Quota(limit))
+                 for kind, limit in (("rpm", rpm), ("itpm", itpm), ("otpm", otpm)) if limit is not None)
 
 
 def _rfc3339(epoch: float) -> str:
@@ -62,17 +73,18 @@ class Admission:
 def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
     out: dict[str, str] = {}
     for kind, d in decisions.items():
-        name = _HEADER_NAMES[kind]
-        out[f"anthropic-ratelimit-{name}-limit"] = str(d.limit)
-        out[f"anthropic-ratelimit-{name}-remaining"] = str(d.remaining)
-        out[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(d.reset_at)
-    tokens = [decisions[k] for k in ("itpm", "otpm") if k in decisions]
-    if tokens:
-        # "tokens" is whichever token limit is closer to running out, as Anthropic reports it.
-        tight = min(tokens, key=lambda d: d.remaining)
-        out["anthropic-ratelimit-tokens-limit"] = str(tight.limit)
-        out["anthropic-ratelimit-tokens-remaining"] = str(tight.remaining)
-        out["anthropic-ratelimit-tokens-reset"] = _rfc3339(tight.reset_at)
+        limit, remaining, reset = _HEADERS[kind]
+        out[limit] = str(d.limit)
+        out[remaining] = str(d.remaining)
+        out[reset] = _rfc3339(d.reset_at)
+    itpm, otpm = decisions.get("itpm"), decisions.get("otpm")
+    # "tokens" is whichever token limit is closer to running out, as Anthropic reports it.
+    tight = itpm if otpm is None or (itpm is not None and itpm.remaining <= otpm.remaining) else otpm
+    if tight is not None:
+        limit, remaining, reset = _HEADERS["tokens"]
+        out[limit] = str(tight.limit)
+        out[remaining] = str(tight.remaining)
+        out[reset] = _rfc3339(tight.reset_at)
     return out
 
 
@@ -97,8 +109,8 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
     # Code's max_tokens of 32,000) above the limit would otherwise be refused forever, and the SDKs would
     # keep retrying it. The refund after the answer brings it down to what was really used.
     wanted = {"rpm": 1, "itpm": max(1, body_size // BYTES_PER_TOKEN), "otpm": max_tokens}
-    charges = [Charge(kind, None, Take(f"{key.id}:{kind}", min(wanted[kind], limit), Quota(limit)))
-               for kind, limit in (("rpm", key.rpm), ("itpm", key.itpm), ("otpm", key.otpm)) if limit is not None]
+    charges = [Charge(kind, None, Take(name, min(wanted[kind], quota.limit), quota))
+               for kind, name, quota in _key_buckets(key.id, key.rpm, key.itpm, key.otpm)]
     if scope is not None:
         charges += [Charge(kind, scope.model, Take(name, min(wanted[kind], quota.limit), quota))
                     for kind, name, quota in scope.buckets]

@@ -69,7 +69,6 @@ ledger = Table(
     Column("note", Text, nullable=True),
     Index("ix_ledger_owner", "owner"),
     Index("ux_ledger_request", "request_id", "owner", "kind", unique=True),
-    Index("ix_ledger_kind_created", "kind", "created_at"),
 )
 
 usage = Table(

@@ -50,7 +50,6 @@ def upgrade() -> None:
     # One entry of each kind per request and owner: a batch written again after an unclear failure
     # cannot count twice.
     op.create_index("ux_ledger_request", "ledger", ["request_id", "owner", "kind"], unique=True)
-    op.create_index("ix_ledger_kind_created", "ledger", ["kind", "created_at"])
     with op.batch_alter_table("keys") as batch:
         batch.add_column(sa.Column("account_id", sa.String(40), nullable=True))
         for column in _money_columns():
