@@ -9,6 +9,7 @@ import pytest
 
 from tollway.config import (
     DEFAULT_ANTHROPIC_URL,
+    AdminConfig,
     Config,
     KeyLimitConfig,
     ModelConfig,
@@ -213,8 +214,8 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: key_limits, models, server, storage, "
-                            "upstreams)"),
+        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, models, server, "
+                            "storage, upstreams)"),
         (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
                                         "max_body_bytes, port, shutdown_timeout)"),
         (minimal(storage={"path": "x"}), "conf.toml: storage.path: unknown key"),
@@ -564,3 +565,57 @@ def test_key_limits_expand_env_vars_and_name_missing_ones() -> None:
     raw = two_models(key_limits=[{"key": "${KEY_ID}", "model": "claude-opus-4-6", "rpm": 5}])
     assert parse(raw, {"KEY_ID": "key_1"}).key_limits[0].key == "key_1"
     assert config_error(raw) == "conf.toml: key_limits[0].key: environment variable KEY_ID is not set"
+
+
+# -- the admin API --------------------------------------------------------------------------------------------------
+
+ADMIN_TOKEN = "0123456789abcdef0123"
+
+
+def test_no_admin_token_by_default() -> None:
+    assert parse(minimal()).admin == AdminConfig(token=None)
+    assert parse(minimal(admin={})).admin.token is None
+    assert default_config({"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin.token is None  # only a config turns it on
+
+
+def test_admin_token_from_the_environment() -> None:
+    config = parse(minimal(admin={"token": "${TOLLWAY_ADMIN_TOKEN}"}), {"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert config.admin.token == ADMIN_TOKEN
+    assert ADMIN_TOKEN not in repr(config)  # a logged config does not show it
+    assert config_error(minimal(admin={"token": "${TOLLWAY_ADMIN_TOKEN}"})) == \
+        "conf.toml: admin.token: environment variable TOLLWAY_ADMIN_TOKEN is not set"
+
+
+def test_admin_token_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(MINIMAL_TOML + '\n[admin]\ntoken = "${TOLLWAY_ADMIN_TOKEN}"\n', encoding="utf-8")
+    assert load_config(str(path), {"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin.token == ADMIN_TOKEN
+
+
+@pytest.mark.parametrize(("admin", "env", "message"), [
+    ({"token": "short-token"}, {}, "admin.token: must be at least 16 characters (got 11)"),
+    ({"token": "x" * 15}, {}, "admin.token: must be at least 16 characters (got 15)"),
+    # An empty variable is a mistake, never an admin API with an empty token.
+    ({"token": "${TOLLWAY_ADMIN_TOKEN}"}, {"TOLLWAY_ADMIN_TOKEN": ""}, "admin.token: must be at least 16 characters"),
+    ({"token": "with a space 0123456"}, {}, "admin.token: must be printable ASCII with no spaces"),
+    ({"token": "0123456789abcdef\n"}, {}, "admin.token: must be printable ASCII with no spaces"),
+    ({"token": "0123456789abcdéf0"}, {}, "admin.token: must be printable ASCII with no spaces"),
+    ({"token": "tw-0123456789abcdef"}, {}, "admin.token: must not be a client key (tw-...)"),
+    ({"token": 1234567890123456789}, {}, "admin.token: must be a string, not int"),
+    ({"tokens": ["x"]}, {}, "admin.tokens: unknown key (expected one of: token)"),
+])
+def test_admin_token_errors(admin: dict[str, Any], env: dict[str, str], message: str) -> None:
+    error = config_error(minimal(admin=admin), env)
+    assert error.startswith("conf.toml: " + message)
+    # The message names the key, never the value, since it may be most of a secret.
+    token = admin.get("token")
+    if isinstance(token, str) and token:
+        assert token.strip() not in error
+
+
+def test_admin_must_be_a_table() -> None:
+    assert config_error(minimal(admin="token")) == "conf.toml: admin: must be a table"
+
+
+def test_a_token_of_sixteen_characters_is_enough() -> None:
+    assert parse(minimal(admin={"token": "x" * 16})).admin.token == "x" * 16

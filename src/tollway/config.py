@@ -45,6 +45,16 @@ class StorageConfig:
     """Seconds between reloads of changed keys; bounds how long a revoked key keeps working."""
 
 
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    token: str | None = field(default=None, repr=False)
+    """What ``/admin`` requires (``Authorization: Bearer`` or ``x-admin-token``); None turns the admin API off.
+    Kept out of the repr so a logged config does not show it."""
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
@@ -128,6 +138,7 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     key_limits: tuple[KeyLimitConfig, ...] = ()
     """Per key and model overrides of the models' limits, in file order."""
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: str = "<built-in defaults>"
     """Where this config came from, for messages and the startup banner."""
 
@@ -248,7 +259,7 @@ class _Reader:
 
 def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     root = _Reader(source, environ, raw, "")
-    root.check_keys({"server", "storage", "upstreams", "models", "key_limits"})
+    root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin"})
 
     s = root.table("server")
     s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes"})
@@ -286,7 +297,23 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
         raise ConfigError(f"{source}: models: at least one [[models]] entry is required")
     key_limits = _parse_key_limits(root.tables("key_limits"), tuple(seen))
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
-                  source=source)
+                  admin=_parse_admin(root.table("admin")), source=source)
+
+
+def _parse_admin(a: _Reader) -> AdminConfig:
+    a.check_keys({"token"})
+    token = a.optional_string("token")
+    if token is None:
+        return AdminConfig()
+    # Header values carry visible ASCII only, and a token with spaces could never be sent whole.
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise a.fail("token", "must be printable ASCII with no spaces")
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        raise a.fail("token", f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters (got {len(token)})")
+    # A client key as the admin token would open /admin to whoever holds that key.
+    if token.startswith("tw-"):
+        raise a.fail("token", "must not be a client key (tw-...): make a separate secret, e.g. openssl rand -hex 32")
+    return AdminConfig(token=token)
 
 
 _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {

@@ -12,6 +12,7 @@ from aiohttp import web
 from tollway.accounting.funds import Funds
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
+from tollway.api.admin import mount_admin
 from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
@@ -42,6 +43,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/healthz", healthz)
+    mount_admin(app, config)
     app.cleanup_ctx.append(_lifespan(config))
     return app
 

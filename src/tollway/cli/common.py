@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from decimal import Decimal, DecimalException, Inexact, localcontext
+from collections.abc import Callable
+from decimal import Decimal
 from typing import TypeAlias, TypeVar
 
-NANO = Decimal(1_000_000_000)
-# The ledger's and the caps' columns are 64-bit integers of nano-dollars.
-MAX_NANOUSD = 2**63 - 1
+from tollway.money import NANO, parse_nanousd
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -36,28 +35,19 @@ def config_parent() -> argparse.ArgumentParser:
     return common
 
 
-def parse_usd(raw: str) -> int:
-    """Dollars as typed (``20``, ``0.1``, ``-5``) to nano-dollars, exactly: binary floats would turn 0.1 into
-    0.1000000000000000055..., so the text goes through Decimal, and a fraction of a nano-dollar is refused
-    rather than rounded."""
-    try:
-        dollars = Decimal(raw.strip())
-    except DecimalException:
-        raise argparse.ArgumentTypeError(f"not an amount of dollars: {raw!r}") from None
-    if not dollars.is_finite():
-        raise argparse.ArgumentTypeError(f"not an amount of dollars: {raw!r}")
-    if dollars and dollars.adjusted() >= 10:
-        raise argparse.ArgumentTypeError(f"{raw!r}: too large")
-    # Enough digits for any amount below $1e10 to a nano-dollar, so rounding here means a sub-nano fraction.
-    with localcontext(prec=40) as ctx:
-        ctx.traps[Inexact] = True
+def as_argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A parser that raises ValueError, for argparse, which shows only an ArgumentTypeError's own message."""
+
+    def convert(raw: str) -> T:
         try:
-            nano = (dollars * NANO).to_integral_exact()
-        except Inexact:
-            raise argparse.ArgumentTypeError(f"{raw!r}: the smallest unit is $0.000000001") from None
-    if abs(nano) > MAX_NANOUSD:
-        raise argparse.ArgumentTypeError(f"{raw!r}: too large")
-    return int(nano)
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+parse_usd = as_argument(parse_nanousd)
 
 
 def parse_usd_not_negative(raw: str) -> int:

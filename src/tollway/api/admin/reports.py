@@ -1,0 +1,62 @@
+"""``/admin/usage`` and ``/admin/ledger``: what was spent, read from the store.
+
+Both write the rows and entries the gateway still holds in memory first, so a report includes every request
+answered before it was asked for.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tollway.api.admin.accounts import find_account
+from tollway.api.admin.inputs import parsed, query
+from tollway.api.admin.keys import find_key
+from tollway.api.admin.views import entry_view, json_response, services
+from tollway.usage_report import DEFAULT_GROUPS, parse_groups, parse_since, usage_csv, usage_records
+
+routes = web.RouteTableDef()
+LEDGER_LIMIT = 100
+MAX_LEDGER_LIMIT = 1000
+
+
+@routes.get("/usage")
+async def usage(request: web.Request) -> web.Response:
+    s = services(request)
+    q = query(request, ("key", "since", "by", "format"))
+    since = parsed("since", q["since"], parse_since) if "since" in q else None
+    by = parsed("by", q["by"], parse_groups) if "by" in q else DEFAULT_GROUPS
+    form = parsed("format", q.get("format", "json"), _format)
+    await s.ledger.flush()
+    records = usage_records(await s.store.usage_summary(key=q.get("key"), since=since, by=by), by)
+    if form == "csv":
+        return web.Response(text=usage_csv(records), content_type="text/csv")
+    return json_response({"data": records})
+
+
+def _format(raw: str) -> str:
+    if raw not in ("json", "csv"):
+        raise ValueError(f"must be json or csv (got {raw!r})")
+    return raw
+
+
+def _ledger_limit(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_LEDGER_LIMIT):
+        raise ValueError(f"must be a whole number from 1 to {MAX_LEDGER_LIMIT} (got {raw!r})")
+    return int(raw)
+
+
+@routes.get("/ledger")
+async def ledger(request: web.Request) -> web.Response:
+    """The newest entries first, of one owner (a key's id, an account's id or name) or of all."""
+    s = services(request)
+    q = query(request, ("owner", "limit"))
+    limit = parsed("limit", q["limit"], _ledger_limit) if "limit" in q else LEDGER_LIMIT
+    owner = q.get("owner")
+    if owner is not None:
+        record = await (find_key(s, owner) if owner.startswith("key_") else find_account(s, owner))
+        owner = record.id
+    await s.ledger.flush()
+    # The store gives the entries oldest first and all of them; the newest are taken from the end.
+    entries = await s.store.ledger_entries(owner=owner)
+    newest = reversed(entries[-limit:])
+    return json_response({"data": [entry_view(i, e) for i, e in newest], "has_more": len(entries) > limit})
