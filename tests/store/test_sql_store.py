@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from tollway.store import KeyRecord, SQLStore, UsageRecord, UsageSummary, open_store
+from tollway.store import KeyRecord, LedgerEntry, SQLStore, UsageRecord, UsageSummary, open_store
 from tollway.store.sql import HEAD_REVISION
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -224,3 +224,12 @@ async def test_usage_summary_of_a_deleted_key_keeps_its_id(ledger: SQLStore) -> 
     rows = by_group(await ledger.usage_summary(key="key_gone"))
     assert rows == {("key_gone", "claude-sonnet-4-6"): UsageSummary("key_gone", None, "claude-sonnet-4-6", 1, 0,
                                                                     5, 0, 0, 0, 0)}
+
+
+async def test_newest_ledger_entries_come_first_and_limited(store: SQLStore) -> None:
+    now = datetime.now(UTC)
+    await store.insert_usage([], [LedgerEntry(now, "key_a", "reserve", -i, f"req_{i}") for i in range(1, 6)]
+                             + [LedgerEntry(now, "key_b", "reserve", -9, "req_9")])
+    newest = await store.ledger_entries(owner="key_a", newest=2)
+    assert [e.request_id for _, e in newest] == ["req_5", "req_4"]
+    assert [e.request_id for _, e in await store.ledger_entries(owner="key_a")][:2] == ["req_1", "req_2"]

@@ -275,10 +275,10 @@ class SQLStore:
             return {key_id: int(total) for key_id, total in rows}
 
     async def ledger_entries(self, *, owner: str | None = None, kinds: Sequence[str] | None = None,
-                             after_id: int | None = None) -> list[tuple[int, LedgerEntry]]:
-        """Entries with their ids, oldest first."""
+                             after_id: int | None = None, newest: int | None = None) -> list[tuple[int, LedgerEntry]]:
+        """Entries with their ids, oldest first; or, with ``newest``, that many of the latest, newest first."""
         g = schema.ledger
-        query = select(g).order_by(g.c.id)
+        query = select(g).order_by(g.c.id) if newest is None else select(g).order_by(g.c.id.desc()).limit(newest)
         if owner is not None:
             query = query.where(g.c.owner == owner)
         if kinds is not None:

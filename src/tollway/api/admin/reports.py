@@ -56,7 +56,6 @@ async def ledger(request: web.Request) -> web.Response:
         record = await (find_key(s, owner) if owner.startswith("key_") else find_account(s, owner))
         owner = record.id
     await s.ledger.flush()
-    # The store gives the entries oldest first and all of them; the newest are taken from the end.
-    entries = await s.store.ledger_entries(owner=owner)
-    newest = reversed(entries[-limit:])
-    return json_response({"data": [entry_view(i, e) for i, e in newest], "has_more": len(entries) > limit})
+    # One more than asked for tells whether there are more.
+    entries = await s.store.ledger_entries(owner=owner, newest=limit + 1)
+    return json_response({"data": [entry_view(i, e) for i, e in entries[:limit]], "has_more": len(entries) > limit})
