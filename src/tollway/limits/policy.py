@@ -64,7 +64,9 @@ class Admission:
     """What one request took, to give back what it did not use and to label its answer."""
 
     takes: list[Charge] = field(default_factory=list)
-    """What was taken, each with the ``reset_at`` it was given (so a refund cannot free capacity twice)."""
+    """What was taken."""
+    untils: list[float] = field(default_factory=list)
+    """The ``reset_at`` each take was given, so a refund cannot free capacity the bucket has regained."""
     headers: dict[str, str] = field(default_factory=dict)
     slots: list[str] = field(default_factory=list)
     """The concurrency counters held: the key's, the key's on this model, or both."""
@@ -122,8 +124,7 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
             wait = max(d.retry_after for _, d in refused)
             raise RateLimited(_refusal([c for c, _ in refused]),
                               headers={**admission.headers, "retry-after": str(max(1, math.ceil(wait)))})
-        admission.takes = [Charge(c.kind, c.model, Take(c.take.name, c.take.cost, c.take.quota, d.reset_at))
-                           for c, d in zip(charges, decisions, strict=True)]
+        admission.takes, admission.untils = charges, [d.reset_at for d in decisions]
     slots: list[tuple[str, int, str | None]] = []
     if key.max_concurrency is not None:
         slots.append((f"{key.id}:concurrency", key.max_concurrency, None))
@@ -154,19 +155,19 @@ async def _give_back(limiter: Limiter, admission: Admission) -> None:
     for slot in admission.slots:
         await limiter.release(slot)
     admission.slots = []
-    await limiter.refund([c.take for c in admission.takes])
-    admission.takes = []
+    await limiter.refund([c.take._replace(until=u) for c, u in zip(admission.takes, admission.untils, strict=True)])
+    admission.takes, admission.untils = [], []
 
 
 async def settle(limiter: Limiter, admission: Admission, input_tokens: int, output_tokens: int) -> None:
     """Give back the estimate above the real counts in every bucket taken from, and the concurrency slots."""
     refunds = []
-    for kind, _, take in admission.takes:
+    for (kind, _, take), until in zip(admission.takes, admission.untils, strict=True):
         if kind == "rpm":
             continue
         used = input_tokens if kind == "itpm" else output_tokens
         if take.cost > used:
-            refunds.append(Take(take.name, take.cost - used, take.quota, take.until))
+            refunds.append(Take(take.name, take.cost - used, take.quota, until))
     if refunds:
         await limiter.refund(refunds)
     for slot in admission.slots:
