@@ -61,8 +61,10 @@ async def test_a_request_reserves_then_settles_and_the_store_adds_up(store: SQLS
         await ledger.flush()
         balances, _ = await store.balances()
         assert balances[key.id] == funds.wallet.purses[key.id].balance == 50_000_000 - 1234
-        kinds = [e.kind for _, e in await store.ledger_entries(owner=key.id)]
-        assert kinds == ["topup", "reserve", "settle"]
+        entries = [e for _, e in await store.ledger_entries(owner=key.id)]
+        assert [e.kind for e in entries] == ["topup", "reserve", "settle"]
+        # Times are stored as integer microseconds and read back as UTC datetimes.
+        assert all(abs(e.created_at - datetime.now(UTC)) < timedelta(minutes=1) for e in entries)
     finally:
         await funds.close()
 
@@ -152,7 +154,7 @@ async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore) ->
 
 async def test_entries_written_twice_count_once(store: SQLStore) -> None:
     key = await make_key(store, "gina")
-    entry = LedgerEntry(datetime.now(UTC), key.id, "reserve", -5, "req_1")
+    entry = LedgerEntry(1_764_000_000_000_000, key.id, "reserve", -5, "req_1")
     await store.insert_usage([], [entry])
     await store.insert_usage([], [entry])  # a batch retried after an unclear failure
     balances, _ = await store.balances()

@@ -227,7 +227,7 @@ async def test_usage_summary_of_a_deleted_key_keeps_its_id(ledger: SQLStore) -> 
 
 
 async def test_newest_ledger_entries_come_first_and_limited(store: SQLStore) -> None:
-    now = datetime.now(UTC)
+    now = 1_764_000_000_000_000
     await store.insert_usage([], [LedgerEntry(now, "key_a", "reserve", -i, f"req_{i}") for i in range(1, 6)]
                              + [LedgerEntry(now, "key_b", "reserve", -9, "req_9")])
     newest = await store.ledger_entries(owner="key_a", newest=2)

@@ -65,9 +65,9 @@ class Funds:
         them (rows and entries are written together), so there is no cost to keep."""
         orphans = await self._store.open_reserves()
         if orphans:
-            now = self.wallet.now()
+            at_us = round(self.wallet.now().timestamp() * 1_000_000)
             await self._store.insert_usage([], [
-                LedgerEntry(now, e.owner, "release", -e.amount_nanousd, e.request_id,
+                LedgerEntry(at_us, e.owner, "release", -e.amount_nanousd, e.request_id,
                             "the gateway stopped before the request ended") for e in orphans])
             log.warning("released %d reserves left by requests the last stop cut off", len(orphans))
 

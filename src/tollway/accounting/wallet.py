@@ -157,18 +157,18 @@ class MemoryWallet:
                 if left < amount:
                     return Refusal(owner, "cap", max(0, left), amount, datetime.fromtimestamp(purse.period_ends, UTC))
             taken.append((purse, owner, budget.prepaid))
-        now = datetime.fromtimestamp(ts, UTC)
+        at_us = round(ts * 1_000_000)
         # Every owner has room: take it from all of them, with no await in between.
         for purse, owner, prepaid in taken:
             purse.held += amount
             if prepaid:
                 purse.balance -= amount
-                self._sink(LedgerEntry(now, owner, "reserve", -amount, request_id))
+                self._sink(LedgerEntry(at_us, owner, "reserve", -amount, request_id))
         return Hold(request_id, amount, tuple((owner, prepaid) for _, owner, prepaid in taken))
 
     async def settle(self, hold: Hold, cost: int) -> None:
         ts = self._clock()
-        now = datetime.fromtimestamp(ts, UTC)
+        at_us = round(ts * 1_000_000)
         if cost > hold.amount:
             log.warning("request %s cost %d nano-USD, more than the %d it reserved", hold.request_id, cost,
                         hold.amount)
@@ -180,4 +180,4 @@ class MemoryWallet:
             if prepaid:
                 purse.balance += hold.amount - cost
                 kind = "settle" if cost else "release"
-                self._sink(LedgerEntry(now, owner, kind, hold.amount - cost, hold.request_id))
+                self._sink(LedgerEntry(at_us, owner, kind, hold.amount - cost, hold.request_id))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
@@ -22,10 +22,11 @@ class Quota:
     limit: int
     """Units per period (requests, or tokens)."""
     period: float = 60.0
+    interval: float = field(init=False, repr=False, compare=False)
+    """Seconds per unit; worked out once, since it is read several times per request."""
 
-    @property
-    def interval(self) -> float:
-        return self.period / self.limit
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", self.period / self.limit)
 
 
 # Take and Decision are named tuples: several are made per request, and a frozen dataclass costs a

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -41,6 +40,11 @@ def _key_buckets(key_id: str, rpm: int | None, itpm: int | None,
                  for kind, limit in (("rpm", rpm), ("itpm", itpm), ("otpm", otpm)) if limit is not None)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _slot_name(key_id: str) -> str:
+    return f"{key_id}:concurrency"
+
+
 def _rfc3339(epoch: float) -> str:
     return _rfc3339_second(math.ceil(epoch))
 
@@ -59,17 +63,22 @@ class Charge(NamedTuple):
     take: Take
 
 
-@dataclass(slots=True)
 class Admission:
-    """What one request took, to give back what it did not use and to label its answer."""
+    """What one request took, to give back what it did not use and to label its answer.
 
-    takes: list[Charge] = field(default_factory=list)
-    """What was taken."""
-    untils: list[float] = field(default_factory=list)
-    """The ``reset_at`` each take was given, so a refund cannot free capacity the bucket has regained."""
-    headers: dict[str, str] = field(default_factory=dict)
-    slots: list[str] = field(default_factory=list)
-    """The concurrency counters held: the key's, the key's on this model, or both."""
+    A plain class: one is made per limited request, and a dataclass with default factories costs several
+    times more to build."""
+
+    __slots__ = ("headers", "slots", "takes", "untils")
+
+    def __init__(self) -> None:
+        self.takes: list[Charge] = []
+        """What was taken."""
+        self.untils: list[float] = []
+        """The ``reset_at`` each take was given, so a refund cannot free capacity the bucket has regained."""
+        self.headers: dict[str, str] = {}
+        self.slots: list[str] = []
+        """The concurrency counters held: the key's, the key's on this model, or both."""
 
 
 def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
@@ -118,7 +127,10 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
                     for kind, name, quota in scope.buckets]
     if charges:
         decisions = await limiter.take([c.take for c in charges])
-        admission.headers = headers_for(tightest(charges, decisions))
+        # With the key's own buckets alone there is one of each kind: nothing to choose between.
+        admission.headers = headers_for(
+            tightest(charges, decisions) if scope is not None
+            else {c.kind: d for c, d in zip(charges, decisions, strict=True)})
         refused = [(c, d) for c, d in zip(charges, decisions, strict=True) if not d.allowed]
         if refused:
             wait = max(d.retry_after for _, d in refused)
@@ -127,7 +139,7 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
         admission.takes, admission.untils = charges, [d.reset_at for d in decisions]
     slots: list[tuple[str, int, str | None]] = []
     if key.max_concurrency is not None:
-        slots.append((f"{key.id}:concurrency", key.max_concurrency, None))
+        slots.append((_slot_name(key.id), key.max_concurrency, None))
     if scope is not None and scope.slot is not None:
         slots.append((*scope.slot, scope.model))
     for slot, limit, on in slots:

@@ -61,7 +61,7 @@ ledger = Table(
     "ledger",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
     Column("owner", String(40), nullable=False),
     Column("kind", String(10), nullable=False),
     Column("amount_nanousd", BigInteger, nullable=False),

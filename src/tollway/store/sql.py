@@ -7,6 +7,7 @@ ledger entries are written in batches.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,9 +79,7 @@ def _account(row: Any) -> AccountRecord:
 
 
 def _entry(row: Any) -> LedgerEntry:
-    created = _aware(row.created_at)
-    assert created is not None
-    return LedgerEntry(created, row.owner, row.kind, int(row.amount_nanousd), row.request_id, row.note)
+    return LedgerEntry(int(row.at_us), row.owner, row.kind, int(row.amount_nanousd), row.request_id, row.note)
 
 
 def _money_table(owner: str) -> Any:
@@ -249,7 +248,8 @@ class SQLStore:
             if result.rowcount == 0:
                 return None
             await conn.execute(insert(schema.ledger).values(
-                created_at=now, owner=owner, kind="topup", amount_nanousd=amount_nanousd, note=note))
+                at_us=round(now.timestamp() * 1_000_000), owner=owner, kind="topup", amount_nanousd=amount_nanousd,
+                note=note))
             balance = await conn.scalar(select(func.coalesce(func.sum(schema.ledger.c.amount_nanousd), 0))
                                         .where(schema.ledger.c.owner == owner))
         return int(balance or 0)
@@ -315,7 +315,7 @@ class SQLStore:
                     await conn.exec_driver_sql(_sqlite_insert_sql("usage", UsageRecord._fields, len(chunk)), params)
                 for start in range(0, len(entries), _SQLITE_ROWS_PER_STATEMENT):
                     part = entries[start:start + _SQLITE_ROWS_PER_STATEMENT]
-                    params = tuple(v for e in part for v in (_sqlite_time(e.created_at), *e[1:]))
+                    params = tuple(itertools.chain.from_iterable(part))
                     await conn.exec_driver_sql(_sqlite_insert_sql("ledger", LedgerEntry._fields, len(part)), params)
             else:
                 if records:
