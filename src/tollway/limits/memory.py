@@ -17,11 +17,13 @@ class MemoryLimiter:
 
     async def take(self, takes: Sequence[Take]) -> list[Decision]:
         now = self._clock()
-        results = [gcra(self._tat.get(t.name, now), now, t.cost, t.quota) for t in takes]
-        if all(decision.allowed for _, decision in results):
+        tats = self._tat
+        results = [gcra(tats.get(t.name, now), now, t.cost, t.quota) for t in takes]
+        allowed = sum(d.allowed for _, d in results)
+        if allowed == len(results):
             for take, (tat, _) in zip(takes, results, strict=True):
-                self._tat[take.name] = tat
-        elif any(d.allowed for _, d in results):
+                tats[take.name] = tat
+        elif allowed:
             # All or nothing: the limits that would have allowed it report what they still hold.
             results = [(tat, d if not d.allowed else _unspent(d, take)) for take, (tat, d) in zip(
                 takes, results, strict=True)]

@@ -34,10 +34,12 @@ _HEADERS = {kind: tuple(f"anthropic-ratelimit-{name}-{part}" for part in ("limit
 
 @functools.lru_cache(maxsize=65_536)
 def _key_buckets(key_id: str, rpm: int | None, itpm: int | None,
-                 otpm: int | None) -> tuple[tuple[str, str, Quota], ...]:
-    """A key's own buckets, named and sized once per key and limits rather than per request."""
-    return tuple((kind, f"{key_id}:{kind}", Quota(limit))
-                 for kind, limit in (("rpm", rpm), ("itpm", itpm), ("otpm", otpm)) if limit is not None)
+                 otpm: int | None) -> tuple[tuple[int, str, str, Quota], ...]:
+    """A key's own buckets, named and sized once per key and limits rather than per request: each with its
+    kind's place in the costs of a request (requests, input tokens, output tokens)."""
+    return tuple((i, kind, f"{key_id}:{kind}", Quota(limit))
+                 for i, (kind, limit) in enumerate((("rpm", rpm), ("itpm", itpm), ("otpm", otpm)))
+                 if limit is not None)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -83,12 +85,17 @@ class Admission:
 
 def headers_for(decisions: dict[str, Decision]) -> dict[str, str]:
     out: dict[str, str] = {}
+    itpm: Decision | None = None
+    otpm: Decision | None = None
     for kind, d in decisions.items():
         limit, remaining, reset = _HEADERS[kind]
         out[limit] = str(d.limit)
         out[remaining] = str(d.remaining)
         out[reset] = _rfc3339(d.reset_at)
-    itpm, otpm = decisions.get("itpm"), decisions.get("otpm")
+        if kind == "itpm":
+            itpm = d
+        elif kind == "otpm":
+            otpm = d
     # "tokens" is whichever token limit is closer to running out, as Anthropic reports it.
     tight = itpm if otpm is None or (itpm is not None and itpm.remaining <= otpm.remaining) else otpm
     if tight is not None:
@@ -119,10 +126,11 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
     # A charge is capped at the whole bucket: an estimate (a 200 KB body of mostly cached prompt, Claude
     # Code's max_tokens of 32,000) above the limit would otherwise be refused forever, and the SDKs would
     # keep retrying it. The refund after the answer brings it down to what was really used.
-    wanted = {"rpm": 1, "itpm": max(1, body_size // BYTES_PER_TOKEN), "otpm": max_tokens}
-    charges = [Charge(kind, None, Take(name, min(wanted[kind], quota.limit), quota))
-               for kind, name, quota in _key_buckets(key.id, key.rpm, key.itpm, key.otpm)]
+    costs = (1, max(1, body_size // BYTES_PER_TOKEN), max_tokens)
+    charges = [Charge(kind, None, Take(name, min(costs[i], quota.limit), quota))
+               for i, kind, name, quota in _key_buckets(key.id, key.rpm, key.itpm, key.otpm)]
     if scope is not None:
+        wanted = {"rpm": costs[0], "itpm": costs[1], "otpm": costs[2]}
         charges += [Charge(kind, scope.model, Take(name, min(wanted[kind], quota.limit), quota))
                     for kind, name, quota in scope.buckets]
     if charges:
@@ -131,8 +139,8 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
         admission.headers = headers_for(
             tightest(charges, decisions) if scope is not None
             else {c.kind: d for c, d in zip(charges, decisions, strict=True)})
-        refused = [(c, d) for c, d in zip(charges, decisions, strict=True) if not d.allowed]
-        if refused:
+        if not all(d.allowed for d in decisions):
+            refused = [(c, d) for c, d in zip(charges, decisions, strict=True) if not d.allowed]
             wait = max(d.retry_after for _, d in refused)
             raise RateLimited(_refusal([c for c, _ in refused]),
                               headers={**admission.headers, "retry-after": str(max(1, math.ceil(wait)))})
