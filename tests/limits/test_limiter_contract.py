@@ -1,4 +1,4 @@
-"""The contract every limiter backend keeps, run against each (the in-process one for now)."""
+"""The contract every limiter backend keeps, run against each (`limiter` in conftest: memory and Redis)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import asyncio
 import pytest
 
 from tests.limits.conftest import Clock
-from tollway.limits import Limiter, MemoryLimiter, Quota, Take
-
-
-@pytest.fixture(params=["memory"])
-def limiter(request: pytest.FixtureRequest, clock: Clock) -> Limiter:
-    assert request.param == "memory"
-    return MemoryLimiter(clock)
-
+from tollway.limits import Decision, Limiter, Quota, Take
 
 RPM = Quota(60)  # one a second, sixty at most
 
@@ -91,3 +84,47 @@ async def test_a_refund_never_frees_capacity_twice(limiter: Limiter, clock: Cloc
     await limiter.refund([Take("k:otpm", 1000, tokens, a.reset_at)])
     (c,) = await limiter.take([Take("k:otpm", 1000, tokens)])
     assert not c.allowed  # B's 500 are still out
+
+
+async def test_a_refusal_reports_what_the_other_buckets_still_hold(limiter: Limiter, clock: Clock) -> None:
+    small = Quota(1)
+    await limiter.take([Take("k:otpm", 1, small)])
+    clock.now += 15
+    decisions = await limiter.take([Take("k:rpm", 1, RPM), Take("k:otpm", 1, small)])
+    # The rpm bucket would have allowed: it reports itself as it stands, untouched.
+    assert decisions[0] == Decision(True, 60, 60, clock.now, 0.0)
+    assert decisions[1][:4] == (False, 1, 0, clock.now + 45)
+    assert decisions[1].retry_after == pytest.approx(45.0)
+
+
+async def test_a_cost_of_zero_reads_a_bucket_without_taking(limiter: Limiter) -> None:
+    await limiter.take([Take("k:rpm", 5, RPM)])
+    for _ in range(3):
+        (d,) = await limiter.take([Take("k:rpm", 0, RPM)])
+        assert d.allowed and d.remaining == 55
+
+
+async def test_a_refund_to_a_bucket_never_taken_from_gives_nothing(limiter: Limiter) -> None:
+    await limiter.refund([Take("k:rpm", 30, RPM)])
+    await limiter.refund([])
+    (d,) = await limiter.take([Take("k:rpm", 1, RPM)])
+    assert d.remaining == 59
+
+
+async def test_a_refund_is_capped_at_a_full_bucket(limiter: Limiter, clock: Clock) -> None:
+    await limiter.take([Take("k:rpm", 10, RPM)])
+    clock.now += 5
+    await limiter.refund([Take("k:rpm", 10, RPM)])
+    (d,) = await limiter.take([Take("k:rpm", 0, RPM)])
+    assert d.remaining == 60 and d.reset_at == clock.now
+
+
+async def test_a_release_without_a_slot_frees_nothing(limiter: Limiter) -> None:
+    await limiter.release("k:conc")
+    assert await limiter.acquire("k:conc", 1)
+    assert not await limiter.acquire("k:conc", 1)
+
+
+async def test_slots_are_exact_under_concurrency(limiter: Limiter) -> None:
+    results = await asyncio.gather(*(limiter.acquire("k:conc", 7) for _ in range(100)))
+    assert sum(results) == 7

@@ -1,5 +1,6 @@
-"""The policy over the real in-process limiter: key-wide and model-scoped buckets taken together or not at
-all, the tightest of each kind in the headers, a 429 that names the limit, refunds and concurrency slots."""
+"""The policy over each real limiter backend (`limiter` in conftest): key-wide and model-scoped buckets taken
+together or not at all, the tightest of each kind in the headers, a 429 that names the limit, refunds and
+concurrency slots."""
 
 from __future__ import annotations
 
@@ -9,30 +10,25 @@ from tests.limits.conftest import Clock
 from tests.limits.test_rules import OPUS, SONNET, make_key, rule
 from tollway.config import RateLimits
 from tollway.errors import RateLimited
-from tollway.limits import Decision, LimitRules, MemoryLimiter, Quota, Take
+from tollway.limits import Decision, Limiter, LimitRules, Quota, Take
 from tollway.limits.policy import Charge, admit, settle, tightest
 from tollway.store import KeyRecord
 
 
-@pytest.fixture
-def limiter(clock: Clock) -> MemoryLimiter:
-    return MemoryLimiter(clock)
-
-
-async def left(limiter: MemoryLimiter, name: str, limit: int) -> int:
+async def left(limiter: Limiter, name: str, limit: int) -> int:
     """What bucket ``name`` holds now, read by taking nothing from it."""
     (d,) = await limiter.take([Take(name, 0, Quota(limit))])
     return d.remaining
 
 
-async def refused(limiter: MemoryLimiter, key: KeyRecord, rules: LimitRules | None = None, model: str = OPUS,
+async def refused(limiter: Limiter, key: KeyRecord, rules: LimitRules | None = None, model: str = OPUS,
                   max_tokens: int = 1) -> RateLimited:
     with pytest.raises(RateLimited) as caught:
         await admit(limiter, key, 40, max_tokens, model=model, rules=rules)
     return caught.value
 
 
-async def test_without_rules_only_the_key_record_counts(limiter: MemoryLimiter) -> None:
+async def test_without_rules_only_the_key_record_counts(limiter: Limiter) -> None:
     key = make_key(rpm=2, otpm=1000)
     admission = await admit(limiter, key, 400, 300)
     assert [(c.kind, c.model, c.take.name, c.take.cost) for c in admission.takes] == [
@@ -45,7 +41,7 @@ async def test_without_rules_only_the_key_record_counts(limiter: MemoryLimiter) 
     assert error.message == "This request would exceed the key's rate limit for requests per minute."
 
 
-async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: MemoryLimiter) -> None:
+async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=3, otpm=5000)})
     key = make_key(rpm=100, otpm=1000, itpm=10)
     admission = await admit(limiter, key, 400, 900, model=OPUS, rules=rules)
@@ -63,7 +59,7 @@ async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: 
     assert await left(limiter, "key_a:rpm", 100) == 99
 
 
-async def test_a_model_refusal_takes_nothing_from_the_key_wide_buckets(limiter: MemoryLimiter) -> None:
+async def test_a_model_refusal_takes_nothing_from_the_key_wide_buckets(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=1)})
     key = make_key(rpm=10, otpm=1000)
     await admit(limiter, key, 40, 100, model=OPUS, rules=rules)
@@ -79,7 +75,7 @@ async def test_a_model_refusal_takes_nothing_from_the_key_wide_buckets(limiter: 
     assert await left(limiter, "key_a:rpm", 10) == 8
 
 
-async def test_a_key_wide_refusal_takes_nothing_from_the_model_buckets(limiter: MemoryLimiter) -> None:
+async def test_a_key_wide_refusal_takes_nothing_from_the_model_buckets(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=10, otpm=5000)})
     key = make_key(otpm=1000)
     await admit(limiter, key, 40, 1000, model=SONNET, rules=rules)
@@ -89,7 +85,7 @@ async def test_a_key_wide_refusal_takes_nothing_from_the_model_buckets(limiter: 
     assert await left(limiter, f"key_a:{OPUS}:otpm", 5000) == 5000
 
 
-async def test_a_refusal_by_both_scopes_names_both_and_waits_for_the_longer(limiter: MemoryLimiter,
+async def test_a_refusal_by_both_scopes_names_both_and_waits_for_the_longer(limiter: Limiter,
                                                                            clock: Clock) -> None:
     rules = LimitRules({OPUS: RateLimits(otpm=100)})
     key = make_key(rpm=1)
@@ -113,7 +109,7 @@ def test_the_tightest_bucket_of_each_kind_and_on_a_tie_the_refusing_one() -> Non
     assert tightest(charges, decisions) == {"rpm": decisions[2], "otpm": decisions[3]}
 
 
-async def test_each_key_and_each_model_has_its_own_model_buckets(limiter: MemoryLimiter) -> None:
+async def test_each_key_and_each_model_has_its_own_model_buckets(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=1), SONNET: RateLimits(rpm=1)})
     a, b = make_key("key_a", "team-a"), make_key("key_b", "team-b")
     for key in (a, b):
@@ -123,7 +119,7 @@ async def test_each_key_and_each_model_has_its_own_model_buckets(limiter: Memory
     await refused(limiter, b, rules, model=OPUS)
 
 
-async def test_a_key_rule_replaces_the_model_default_for_that_key_only(limiter: MemoryLimiter) -> None:
+async def test_a_key_rule_replaces_the_model_default_for_that_key_only(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=1)}, [rule("team-a", OPUS, rpm=3)])
     a, b = make_key("key_a", "team-a"), make_key("key_b", "team-b")
     for _ in range(3):
@@ -133,7 +129,7 @@ async def test_a_key_rule_replaces_the_model_default_for_that_key_only(limiter: 
     await refused(limiter, b, rules)
 
 
-async def test_settle_refunds_every_bucket_it_took_from(limiter: MemoryLimiter) -> None:
+async def test_settle_refunds_every_bucket_it_took_from(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=10, itpm=5000, otpm=2000)})
     key = make_key(itpm=1000, otpm=1000)
     admission = await admit(limiter, key, 4000, 1500, model=OPUS, rules=rules)
@@ -150,7 +146,7 @@ async def test_settle_refunds_every_bucket_it_took_from(limiter: MemoryLimiter) 
     assert await left(limiter, f"key_a:{OPUS}:rpm", 10) == 9  # a request is never given back
 
 
-async def test_model_concurrency_is_its_own_slot(limiter: MemoryLimiter) -> None:
+async def test_model_concurrency_is_its_own_slot(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(max_concurrency=1)})
     key = make_key(max_concurrency=2)
     first = await admit(limiter, key, 40, 1, model=OPUS, rules=rules)
@@ -168,7 +164,7 @@ async def test_model_concurrency_is_its_own_slot(limiter: MemoryLimiter) -> None
     assert again.slots == first.slots
 
 
-async def test_a_concurrency_refusal_gives_the_rate_charges_back(limiter: MemoryLimiter) -> None:
+async def test_a_concurrency_refusal_gives_the_rate_charges_back(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=5, max_concurrency=1)})
     key = make_key(rpm=5, otpm=1000)
     await admit(limiter, key, 40, 100, model=OPUS, rules=rules)
@@ -178,7 +174,7 @@ async def test_a_concurrency_refusal_gives_the_rate_charges_back(limiter: Memory
     assert await left(limiter, f"key_a:{OPUS}:rpm", 5) == 4
 
 
-async def test_a_key_without_limits_of_its_own_is_limited_by_a_model_rule(limiter: MemoryLimiter) -> None:
+async def test_a_key_without_limits_of_its_own_is_limited_by_a_model_rule(limiter: Limiter) -> None:
     rules = LimitRules(key_limits=[rule("key_a", OPUS, otpm=100)])
     key = make_key()
     assert rules.applies(key, OPUS)
