@@ -170,3 +170,91 @@ async def test_refreshes_at_the_same_time_credit_a_topup_once(store: SQLStore) -
         assert funds.wallet.purses[key.id].balance == 1000
     finally:
         await funds.close()
+
+
+async def test_a_key_made_after_the_last_refresh_is_loaded_before_its_first_request(store: SQLStore) -> None:
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        key = await make_key(store, "late", budget=Budget(prepaid=True))  # made by the CLI, after the start
+        assert funds.limited(key)  # unknown to the wallet: it must be looked at, never served free
+        with pytest.raises(BillingError):
+            await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
+        await store.topup(key.id, 10 * RESERVE)
+        await funds.refresh()
+        assert funds.wallet.purses[key.id].balance == 10 * RESERVE  # the top-up counted once
+    finally:
+        await funds.close()
+
+
+async def test_a_cap_change_keeps_the_spend_followed_in_memory(store: SQLStore) -> None:
+    key = await make_key(store, "ivan", budget=Budget(cap_nanousd=10 * RESERVE, cap_period="day"))
+    ledger = UsageLedger(store, 3600)
+    funds = await started(store, ledger)
+    try:
+        hold = await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
+        assert hold is not None
+        await funds.settle(hold, 9 * RESERVE)  # settled, its usage row not yet written
+        await store.set_budget(key.id, {"cap_nanousd": 10 * RESERVE + 1, "cap_period": "month"})
+        await funds.refresh()
+        purse = funds.wallet.purses[key.id]
+        assert (purse.budget.cap_period, purse.spent) == ("month", 9 * RESERVE)
+        assert await funds.reserve("req_2", key, SONNET, len(BODY), False, 10, 200_000) is not None
+        with pytest.raises(InvalidRequest):  # 9 settled + 1 held: no room for another
+            await funds.reserve("req_3", key, SONNET, len(BODY), False, 10, 200_000)
+    finally:
+        await funds.close()
+
+
+async def test_a_failed_spend_load_is_tried_again(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = await make_key(store, "judy")
+    now = datetime.now(UTC)
+    await store.insert_usage([usage_row("old_1", key, 700, now)])
+    funds = await started(store, UsageLedger(store, 3600))
+    try:
+        await store.set_budget(key.id, {"cap_nanousd": 1000, "cap_period": "month"})
+        real = store.spend_by_key
+
+        async def locked(since: datetime) -> dict[str, int]:
+            raise RuntimeError("database is locked")
+
+        monkeypatch.setattr(store, "spend_by_key", locked)
+        with pytest.raises(RuntimeError):
+            await funds.refresh()
+        monkeypatch.setattr(store, "spend_by_key", real)
+        await funds.refresh()
+        assert funds.wallet.purses[key.id].spent == 700
+    finally:
+        await funds.close()
+
+
+async def test_taking_money_back_is_one_step_with_its_check(store: SQLStore) -> None:
+    key = await make_key(store, "kate")
+    await store.topup(key.id, 10 * RESERVE)
+    ledger = UsageLedger(store, 3600)
+    funds = await started(store, ledger)
+    try:
+        hold = await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000)
+        assert hold is not None
+        async def must_not_write() -> None:
+            raise AssertionError("a refused take-back wrote to the store")
+
+        assert not await funds.take_back(key.id, 10 * RESERVE, must_not_write)  # 9 left: refused
+        gate = asyncio.Event()
+
+        async def slow_write() -> None:
+            await gate.wait()
+            await store.topup(key.id, -9 * RESERVE)
+
+        taking = asyncio.create_task(funds.take_back(key.id, 9 * RESERVE, slow_write))
+        await asyncio.sleep(0)
+        with pytest.raises(BillingError):  # while the write is on its way, the money is already gone
+            await funds.reserve("req_2", key, SONNET, len(BODY), False, 10, 200_000)
+        gate.set()
+        assert await taking
+        await funds.settle(hold, RESERVE)
+        await funds.refresh()  # reads the negative top-up back: counted once
+        await ledger.flush()
+        balances, _ = await store.balances()
+        assert funds.wallet.purses[key.id].balance == balances[key.id] == 0
+    finally:
+        await funds.close()

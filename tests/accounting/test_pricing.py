@@ -10,6 +10,7 @@ import pytest
 
 from tollway.accounting.pricing import (
     FETCHED_ALLOWANCE,
+    IMAGE_ALLOWANCE,
     INPUT_ALLOWANCE,
     cost_nanousd,
     cost_usd,
@@ -145,6 +146,17 @@ def test_reserve_is_the_body_bound_at_the_dearest_input_rate_plus_max_tokens_of_
     assert reserve_nanousd(SONNET, 1000, False, 100, 200_000) == 5096 * 6000 + 100 * 15000
     haiku = LIST_PRICES["claude-haiku-4-5-20251001"]
     assert reserve_nanousd(haiku, 0, False, 1, None) == INPUT_ALLOWANCE * 2000 + 5000
+
+
+def test_each_inline_image_adds_what_the_largest_image_costs() -> None:
+    assert input_bound(300, False, 200_000, images=2) == 300 + INPUT_ALLOWANCE + 2 * IMAGE_ALLOWANCE
+    # The reviewer's case: 100 one-bit 1092 x 1092 PNGs (304 bytes of base64 each, ~1,589 tokens each).
+    assert reserve_nanousd(SONNET, 38_000, False, 1, 200_000, images=100) >= 100 * 1_589 * 3000
+
+
+def test_a_cache_read_price_above_the_others_bounds_the_reserve() -> None:
+    odd = Prices(Decimal(1), Decimal(1), Decimal(1), Decimal(1), Decimal(7))
+    assert reserve_nanousd(odd, 0, False, 1, None) == INPUT_ALLOWANCE * 7000 + 1000
 
 
 def test_fetched_content_is_bounded_by_the_context_window() -> None:

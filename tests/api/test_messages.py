@@ -302,3 +302,4 @@ def test_thinking_signed_by_a_translated_upstream_never_reaches_anthropic(upstre
     got = upstream.fake.for_request_id(tag).json
     assert got["messages"][1]["content"] == [{"type": "text", "text": "answer"}]
     assert got["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+

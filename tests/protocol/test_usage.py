@@ -226,3 +226,31 @@ def test_usage_from_message_1h_split() -> None:
 @pytest.mark.parametrize("body", [b"", b"not json", b"[]", b"null", b'{"usage": 5}', b'{"type":"message"}'])
 def test_usage_from_message_garbage_is_zero(body: bytes) -> None:
     assert usage_from_message(body) == Usage()
+
+
+def _delta(text: str) -> bytes:
+    return encode_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": text}})
+
+
+def test_a_cut_stream_counts_what_went_out_but_never_overrides_the_final_count() -> None:
+    start = encode_event("message_start", {"type": "message_start", "message": {"usage": {
+        "input_tokens": 10, "output_tokens": 1}}})
+    cut = StreamTap()
+    cut.feed(start + b"".join(_delta("x" * 40) for _ in range(5)))
+    cut.cut()
+    # Each delta is 155 bytes, 40 of them text: taken as 35 (the frame counted at its longest), 9 tokens.
+    assert cut.usage.output_tokens == 5 * 9
+    counted = StreamTap()
+    final = encode_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                           "usage": {"output_tokens": 7}})
+    counted.feed(start + b"".join(_delta("x" * 40) for _ in range(5)) + final)
+    counted.cut()  # message_stop lost, but message_delta gave the real count
+    assert counted.usage.output_tokens == 7
+
+
+def test_an_estimate_never_passes_max_tokens() -> None:
+    tap = StreamTap(cap=16)
+    tap.feed(b"".join(_delta("x" * 400) for _ in range(5)))
+    tap.cut()
+    assert tap.usage.output_tokens == 16

@@ -363,7 +363,7 @@ def test_valid(request_body: dict[str, Any], kwargs: dict[str, Any]) -> None:
     snapshot = copy.deepcopy(request_body)
     info = validate_request(request_body, **kwargs)
     assert info == RequestInfo(model=request_body["model"], stream=bool(request_body.get("stream")),
-                               max_tokens=request_body["max_tokens"], fetches=info.fetches)
+                               max_tokens=request_body["max_tokens"], fetches=info.fetches, images=info.images)
     assert request_body == snapshot  # validation never changes the body it forwards
 
 
@@ -497,6 +497,9 @@ INLINE_IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "ima
 @pytest.mark.parametrize(("request_body", "fetches"), [
     (body(), False),
     (body(messages=[{"role": "user", "content": [INLINE_IMAGE]}]), False),
+    (body(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0"}}]}]),
+     True),
     (body(messages=[{"role": "user", "content": [URL_IMAGE]}]), True),
     (body(messages=[{"role": "user", "content": [
         {"type": "document", "source": {"type": "file", "file_id": "file_1"}}]}]), True),
@@ -508,3 +511,15 @@ INLINE_IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "ima
 ])
 def test_fetches(request_body: dict[str, Any], fetches: bool) -> None:
     assert validate_request(request_body).fetches is fetches
+
+
+def test_inline_images_are_counted_and_documents_other_than_text_are_unbounded() -> None:
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0"}}
+    text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain"}}
+    info = validate_request(body(messages=[{"role": "user", "content": [INLINE_IMAGE, INLINE_IMAGE, text]}]))
+    assert (info.images, info.fetches) == (2, False)
+    # A PDF's pages cost far more tokens than their bytes: only the context window bounds them.
+    assert validate_request(body(messages=[{"role": "user", "content": [pdf]}])).fetches is True
+    nested = msgs([{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                  [{"type": "tool_result", "tool_use_id": "t1", "content": [INLINE_IMAGE]}])[1:]
+    assert validate_request(body(messages=nested)).images == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -42,6 +42,10 @@ class Funds:
         self._accounts_of: dict[str, str] = {}
         """Key id to account id, to add up an account's spend over its keys."""
         self._last_entry = 0
+        self._ahead: list[tuple[str, int]] = []
+        """Top-ups this process applied before writing them (see `take_back`): skipped once when read back."""
+        self._needs_spend: set[str] = set()
+        """Owners whose spend must be loaded; kept until a load succeeds."""
         self._last_sync: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         # One refresh at a time: two reading the same new top-ups would both credit them.
@@ -78,7 +82,6 @@ class Funds:
     async def _refresh(self) -> None:
         started = datetime.now(UTC)
         since = None if self._last_sync is None else self._last_sync - self.OVERLAP
-        changed: list[str] = []
         wallet = self.wallet
         keys = await self._store.keys_changed_since(since)
         owners: list[tuple[str, str, Budget]] = [(k.id, k.name, k.budget) for k in keys]
@@ -86,30 +89,41 @@ class Funds:
             if key.account_id is not None:
                 self._accounts_of[key.id] = key.account_id
         owners += [(a.id, a.name, a.budget) for a in await self._store.accounts_changed_since(since)]
+        budgets: dict[str, Budget] = {}
         for owner, name, budget in owners:
             self._names[owner] = name
-            old = wallet.purses.get(owner)
-            if old is None or (old.budget.cap_nanousd, old.budget.cap_period) != (budget.cap_nanousd,
-                                                                               budget.cap_period):
-                changed.append(owner)
-            wallet.set_budget(owner, budget)
+            purse = wallet.purses.get(owner)
+            if budget.limited and (purse is None or not purse.tracked):
+                # Its spend was not followed while it had no limit: load it before the limit applies.
+                self._needs_spend.add(owner)
+            budgets[owner] = budget
         if self._last_sync is None:
             balances, self._last_entry = await self._store.balances()
             for owner, balance in balances.items():
                 wallet.purse(owner).balance = balance
         else:
             for entry_id, entry in await self._store.ledger_entries(kinds=("topup",), after_id=self._last_entry):
-                wallet.credit(entry.owner, entry.amount_nanousd)
+                applied = (entry.owner, entry.amount_nanousd)
+                if applied in self._ahead:
+                    self._ahead.remove(applied)  # already in the balance (an entry alike counts the same)
+                else:
+                    wallet.credit(entry.owner, entry.amount_nanousd)
                 self._last_entry = entry_id
-        if changed:
-            await self._load_spend(changed)
+        spend = await self._spend(self._needs_spend) if self._needs_spend else {}
+        # Budgets and the spend they are checked against take effect together, with no await between, so no
+        # request sees a new cap against a spend not yet loaded.
+        for owner, budget in budgets.items():
+            wallet.set_budget(owner, budget)
+        for owner, figures in spend.items():
+            wallet.set_spent(owner, figures)
+            self._needs_spend.discard(owner)
         self._last_sync = started
 
-    async def _load_spend(self, owners: list[str]) -> None:
-        """What these owners spent in their current period, from the stored usage rows (rows still waiting
-        for the next batch are not in it)."""
+    async def _spend(self, owners: set[str]) -> dict[str, dict[str, int]]:
+        """What these owners spent in the current day and month, from the stored usage rows (rows still
+        waiting for the next batch are not in it: at most ``flush_interval`` of traffic)."""
         now = self.wallet.now()
-        spend: dict[str, dict[str, int]] = {}
+        spend: dict[str, dict[str, int]] = {owner: {} for owner in owners}
         for period in ("day", "month"):
             start = period_start(now, period)
             per_key = await self._store.spend_by_key(start)
@@ -120,9 +134,37 @@ class Funds:
                     totals[account] = totals.get(account, 0) + cost
             label = period_of(start, period)
             for owner in owners:
-                spend.setdefault(owner, {})[label] = totals.get(owner, 0)
-        for owner in owners:
-            self.wallet.set_spent(owner, spend[owner])
+                spend[owner][label] = totals.get(owner, 0)
+        return spend
+
+    async def _load(self, key: KeyRecord) -> None:
+        """Bring a key (and its account) this process has not loaded yet, made since the last refresh, into
+        the wallet before its first request: its budget, its balance and its spend."""
+        async with self._refreshing:
+            missing = [o for o in (key.id, key.account_id) if o is not None and o not in self.wallet.purses]
+            if not missing:
+                return  # another request of the same key loaded it meanwhile
+            budgets: dict[str, Budget] = {}
+            if key.id in missing:
+                budgets[key.id] = key.budget
+                self._names[key.id] = key.name
+            if key.account_id is not None:
+                self._accounts_of[key.id] = key.account_id
+                if key.account_id in missing:
+                    account = await self._store.account(key.account_id)
+                    budgets[key.account_id] = account.budget if account is not None else Budget()
+                    if account is not None:
+                        self._names[account.id] = account.name
+            # Entries up to the top-up watermark only: later ones are the next refresh's to credit.
+            balances = {owner: sum(e.amount_nanousd for i, e in await self._store.ledger_entries(owner=owner)
+                                   if i <= self._last_entry) for owner in missing}
+            spend = await self._spend({o for o in missing if budgets[o].limited})
+            wallet = self.wallet
+            for owner in missing:
+                wallet.set_budget(owner, budgets[owner])
+                wallet.purse(owner).balance = balances[owner]
+            for owner, figures in spend.items():
+                wallet.set_spent(owner, figures)
 
     async def _loop(self) -> None:
         while True:
@@ -135,15 +177,23 @@ class Funds:
     # -- the request path ------------------------------------------------------------------------------
 
     def limited(self, key: KeyRecord) -> bool:
+        """Whether the request must go through the wallet: a money limit on its key or account, or a key
+        not loaded yet (made a moment ago by another process)."""
+        purses = self.wallet.purses
+        if key.id not in purses or (key.account_id is not None and key.account_id not in purses):
+            return True
         return self.wallet.limited((key.id, key.account_id))
 
     async def reserve(self, request_id: str, key: KeyRecord, prices: Prices | None, body_size: int, fetches: bool,
-                      max_tokens: int, max_input_tokens: int | None) -> Hold | None:
+                      max_tokens: int, max_input_tokens: int | None, images: int = 0) -> Hold | None:
         """Reserve the most this request can cost, or raise the error Anthropic gives when money runs out,
         having reserved nothing. None when the request costs nothing (its model has no price)."""
+        purses = self.wallet.purses
+        if key.id not in purses or (key.account_id is not None and key.account_id not in purses):
+            await self._load(key)
         if prices is None:
             return None
-        amount = reserve_nanousd(prices, body_size, fetches, max_tokens, max_input_tokens)
+        amount = reserve_nanousd(prices, body_size, fetches, max_tokens, max_input_tokens, images)
         owners = (key.id,) if key.account_id is None else (key.id, key.account_id)
         result = await self.wallet.reserve(request_id, owners, amount)
         if isinstance(result, Refusal):
@@ -152,6 +202,23 @@ class Funds:
 
     async def settle(self, hold: Hold, cost: int) -> None:
         await self.wallet.settle(hold, cost)
+
+    async def take_back(self, owner: str, amount: int, write: Callable[[], Awaitable[object]]) -> bool:
+        """Take ``amount`` back from a live balance in one step with the check, so requests running meanwhile
+        cannot take it below zero; then ``write`` the (negative) top-up to the store. False, with nothing
+        taken, when the balance (less what running requests hold) is smaller."""
+        purse = self.wallet.purses.get(owner)
+        if purse is None or purse.balance < amount:
+            return False
+        purse.balance -= amount
+        self._ahead.append((owner, -amount))
+        try:
+            await write()
+        except BaseException:
+            purse.balance += amount
+            self._ahead.remove((owner, -amount))
+            raise
+        return True
 
     def _refused(self, r: Refusal) -> BillingError | InvalidRequest:
         whose = f"the {'key' if r.owner.startswith('key_') else 'account'} {self._names.get(r.owner, r.owner)!r}"

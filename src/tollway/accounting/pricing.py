@@ -40,16 +40,19 @@ INPUT_ALLOWANCE = 4096
 # Content the upstream fetches or runs itself (URL and Files API sources, server tools) can bring in any
 # number of tokens; only the model's context window bounds it. For a model with no known window:
 FETCHED_ALLOWANCE = 200_000
+# An image is resized to at most about 1.15 megapixels and billed at (width x height) / 750 tokens: at most
+# about 1,600, however few bytes it has (a one-bit PNG of 1092 x 1092 is 300 bytes of base64).
+IMAGE_ALLOWANCE = 1_600
 
 
-def input_bound(body_size: int, fetches: bool, max_input_tokens: int | None) -> int:
+def input_bound(body_size: int, fetches: bool, max_input_tokens: int | None, images: int = 0) -> int:
     """At least as many input tokens as a body of ``body_size`` bytes can be billed for.
 
     A token of Claude's (byte-level) tokenizer covers at least one byte of text, and an inline image or
     document costs far fewer tokens than its base64 has bytes, so the body's size bounds what it holds.
     What the upstream ``fetches`` is bounded only by the context window.
     """
-    tokens = body_size + INPUT_ALLOWANCE
+    tokens = body_size + INPUT_ALLOWANCE + images * IMAGE_ALLOWANCE
     if fetches:
         tokens = max_input_tokens or tokens + FETCHED_ALLOWANCE
     return tokens if max_input_tokens is None else min(tokens, max_input_tokens)
@@ -62,13 +65,15 @@ def _reserve_rates(prices: Prices) -> tuple[int, int]:
     def nano(rate: Decimal) -> int:
         return int((rate * NANO_PER_TOKEN).to_integral_value(ROUND_CEILING))
 
-    return nano(max(prices.input, prices.cache_write_5m, prices.cache_write_1h)), nano(prices.output)
+    # A configured cache-read price may be set above the others; the dearest of all input rates bounds it.
+    dearest = max(prices.input, prices.cache_write_5m, prices.cache_write_1h, prices.cache_read)
+    return nano(dearest), nano(prices.output)
 
 
 def reserve_nanousd(prices: Prices, body_size: int, fetches: bool, max_tokens: int,
-                    max_input_tokens: int | None) -> int:
+                    max_input_tokens: int | None, images: int = 0) -> int:
     """The most a request can cost: its input bound at the dearest rate input may be billed at, plus
     ``max_tokens`` of output. Every input token is taken as a cache write: finding out which are would mean
     reading the whole body (Claude Code's are hundreds of kilobytes), and its requests mark them anyway."""
     input_rate, output_rate = _reserve_rates(prices)
-    return input_bound(body_size, fetches, max_input_tokens) * input_rate + max_tokens * output_rate
+    return input_bound(body_size, fetches, max_input_tokens, images) * input_rate + max_tokens * output_rate

@@ -8,7 +8,9 @@ is an upper bound, see `tollway.accounting.pricing.reserve_nanousd`).
 
 Each change to a prepaid balance leaves a `LedgerEntry` (reserve, settle or release) for the store, so
 the ledger always adds up to the balance. Caps count what was settled in the current UTC day or month
-plus what is reserved now; a new period starts from zero on its own, with no reset job.
+plus what is reserved now; a new period starts from zero on its own, with no reset job. Both the day's and
+the month's spend are counted for every limited owner, so a cap moved from one period to the other needs
+nothing reloaded.
 """
 
 from __future__ import annotations
@@ -52,11 +54,27 @@ class Purse:
     requests made while the owner is prepaid draw on it."""
     held: int = 0
     """Reserved by requests still running."""
-    spent: int = 0
-    """Settled in ``period``."""
-    period: str = ""
-    period_ends: float = 0.0
-    """Epoch seconds at which ``period`` ends: checked with one comparison, not a date format per request."""
+    spent_day: int = 0
+    """Settled in ``day``."""
+    spent_month: int = 0
+    """Settled in ``month``."""
+    day: str = ""
+    month: str = ""
+    day_ends: float = 0.0
+    """Epoch seconds at which ``day`` ends (and with it, sometimes, ``month``): checked with one comparison,
+    not a date format per request."""
+    tracked: bool = False
+    """The spend counters follow every request: set once they are loaded from the store, cleared while the
+    owner has no money limit (its requests then skip the wallet)."""
+
+    @property
+    def spent(self) -> int:
+        """Settled in the period of the owner's cap (a month when it has none)."""
+        return self.spent_day if self.budget.cap_period == "day" else self.spent_month
+
+    @property
+    def period(self) -> str:
+        return self.day if self.budget.cap_period == "day" else self.month
 
 
 class Hold(NamedTuple):
@@ -108,20 +126,21 @@ class MemoryWallet:
 
     def set_budget(self, owner: str, budget: Budget) -> None:
         purse = self.purse(owner)
-        if purse.budget.cap_period != budget.cap_period:
-            purse.period_ends = 0.0  # the period's label is worked out again on next use
         purse.budget = budget
+        if not budget.limited:
+            purse.tracked = False
 
     def credit(self, owner: str, amount: int) -> None:
         """A top-up, already in the ledger."""
         self.purse(owner).balance += amount
 
     def set_spent(self, owner: str, spent: dict[str, int]) -> None:
-        """What ``owner`` has spent, by period label, as the store counts it: the current period's figure is
-        kept."""
+        """What ``owner`` has spent, by period label, as the store counts it: the current day's and month's
+        figures are kept, and from now on the counters follow its requests."""
         purse = self.purse(owner)
         self._roll(purse, self._clock())
-        purse.spent = spent.get(purse.period, 0)
+        purse.spent_day, purse.spent_month = spent.get(purse.day, 0), spent.get(purse.month, 0)
+        purse.tracked = True
 
     def limited(self, owners: Iterable[str | None]) -> bool:
         purses = self.purses
@@ -133,13 +152,15 @@ class MemoryWallet:
 
     @staticmethod
     def _roll(purse: Purse, ts: float) -> None:
-        if ts < purse.period_ends:
+        if ts < purse.day_ends:
             return
-        when, kind = datetime.fromtimestamp(ts, UTC), purse.budget.cap_period
-        period = period_of(when, kind)
-        purse.period_ends = next_period(when, kind).timestamp()
-        if purse.period != period:
-            purse.period, purse.spent = period, 0
+        when = datetime.fromtimestamp(ts, UTC)
+        day, month = period_of(when, "day"), period_of(when, "month")
+        purse.day_ends = next_period(when, "day").timestamp()
+        if purse.day != day:
+            purse.day, purse.spent_day = day, 0
+        if purse.month != month:
+            purse.month, purse.spent_month = month, 0
 
     async def reserve(self, request_id: str, owners: Sequence[str], amount: int) -> Hold | Refusal:
         ts = self._clock()
@@ -155,7 +176,8 @@ class MemoryWallet:
                 self._roll(purse, ts)
                 left = budget.cap_nanousd - purse.spent - purse.held
                 if left < amount:
-                    return Refusal(owner, "cap", max(0, left), amount, datetime.fromtimestamp(purse.period_ends, UTC))
+                    ends = next_period(datetime.fromtimestamp(ts, UTC), budget.cap_period)
+                    return Refusal(owner, "cap", max(0, left), amount, ends)
             taken.append((purse, owner, budget.prepaid))
         at_us = round(ts * 1_000_000)
         # Every owner has room: take it from all of them, with no await in between.
@@ -176,7 +198,8 @@ class MemoryWallet:
             purse = self.purse(owner)
             self._roll(purse, ts)
             purse.held -= hold.amount
-            purse.spent += cost
+            purse.spent_day += cost
+            purse.spent_month += cost
             if prepaid:
                 purse.balance += hold.amount - cost
                 kind = "settle" if cost else "release"

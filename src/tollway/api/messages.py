@@ -151,7 +151,7 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
                                                      model=info.model, rules=services.limit_rules)
     if not counting and services.funds.limited(key):
         outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, len(body), info.fetches,
-                                                    info.max_tokens, route.max_input_tokens)
+                                                    info.max_tokens, route.max_input_tokens, info.images)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
                                 query=request.query_string, client_model=info.model, stream=outcome.stream)
 
@@ -205,14 +205,15 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         elif outcome.tries:
             outcome.upstream = outcome.tries[-1].upstream
-        if outcome.admission is not None:
-            u = outcome.usage or Usage()
-            await limit_policy.settle(services.limiter, outcome.admission,
-                                      u.input_tokens + u.cache_creation_input_tokens, u.output_tokens)
+        # Money and the usage row first, and in memory: a rate limiter that does I/O (Redis) failing or being
+        # cancelled below must not leave a reserve held or a request unrecorded.
         row = outcome.row(request_id)
         if outcome.hold is not None:
             await services.funds.settle(outcome.hold, row.cost_nanousd or 0)
         services.ledger.record(row)
+        if outcome.admission is not None:
+            await limit_policy.settle(services.limiter, outcome.admission,
+                                      row.input_tokens + row.cache_creation_input_tokens, row.output_tokens)
 
 
 async def _stream(request: web.Request, services: Services, reply: UpstreamReply, outcome: Outcome,

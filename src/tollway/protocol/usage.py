@@ -16,8 +16,9 @@ from tollway.protocol.sse import ServerSentEvent, SSEDecoder, parse_block
 
 _SKIPPED = (b"event: content_block_", b"event: ping")
 _DELTA = b"event: content_block_delta"
-# The bytes of a delta event that are not its text: the event line and the JSON around the fragment.
-_DELTA_FRAME = 100
+# The bytes of a delta event that are not its text: the event line and the JSON around the fragment (113 to
+# 127 in Anthropic's streams, by delta type and index).
+_DELTA_FRAME = 120
 CHARS_PER_TOKEN = 4
 
 
@@ -73,15 +74,19 @@ class StreamTap:
     and tool deltas that make up most of a stream are split into events but never JSON-decoded.
     """
 
-    __slots__ = ("_decoder", "completed", "error", "sent", "usage")
+    __slots__ = ("_decoder", "cap", "completed", "counted", "error", "sent", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None = None) -> None:
+        self.cap = cap
+        """The request's ``max_tokens``: no estimate goes past it, since no model writes more."""
         self._decoder = SSEDecoder()
         self.usage = Usage()
         self.completed = False
         self.error: dict[str, Any] | None = None
         self.sent = 0
         """Output tokens the deltas so far hold, estimated from their size, for a stream cut short."""
+        self.counted = False
+        """True once ``message_delta`` gave the final output count."""
 
     def feed(self, chunk: bytes) -> None:
         for block in self._decoder.feed_blocks(chunk):
@@ -102,8 +107,9 @@ class StreamTap:
 
     def cut(self) -> None:
         """The stream ended before its final usage: count the output that did go out, as estimated."""
-        if not self.completed:
-            self.usage.output_tokens = max(self.usage.output_tokens, self.sent)
+        if not self.counted:
+            sent = self.sent if self.cap is None else min(self.sent, self.cap)
+            self.usage.output_tokens = max(self.usage.output_tokens, sent)
 
     def _see(self, events: list[ServerSentEvent]) -> None:
         for event in events:
@@ -123,6 +129,7 @@ class StreamTap:
                         self.usage.update(message.get("usage"))
                 elif name == "message_delta":
                     self.usage.update(data.get("usage"))
+                    self.counted = True
                 else:
                     error = data.get("error")
                     self.error = error if isinstance(error, dict) else {"type": "api_error"}

@@ -27,6 +27,8 @@ class RequestInfo:
     stream: bool
     max_tokens: int
     fetches: bool = False
+    images: int = 0
+    """Inline images: each is billed for up to about 1,600 tokens, whatever its size in the body."""
     """Whether the upstream itself brings content in (a URL or Files API source, a server tool, MCP
     servers): such input is not bounded by the body's size."""
 
@@ -100,13 +102,13 @@ def validate_request(body: object, *, count_tokens: bool = False, betas: str = "
     _check_stop_sequences(body.get("stop_sequences"))
     _check_metadata(body.get("metadata"))
     _check_system(body.get("system"))
-    fetches = _check_messages(body.get("messages"))
+    fetches, images = _check_messages(body.get("messages"))
     tools = body.get("tools")
     fetches = _check_tools(tools) or fetches or body.get("mcp_servers") is not None
     tool_choice = body.get("tool_choice")
     _check_tool_choice(tool_choice)
     _check_thinking(body, max_tokens, count_tokens, betas, bool(tools))
-    return RequestInfo(model=model, stream=bool(stream), max_tokens=max_tokens, fetches=fetches)
+    return RequestInfo(model=model, stream=bool(stream), max_tokens=max_tokens, fetches=fetches, images=images)
 
 
 def _check_stop_sequences(value: object) -> None:
@@ -142,8 +144,8 @@ def _check_system(value: object) -> None:
         _expect(block.get("text"), str, f"{path}.text", "string")
 
 
-def _check_messages(messages: object) -> bool:
-    """Check the messages; True if one of them has content the upstream fetches."""
+def _check_messages(messages: object) -> tuple[bool, int]:
+    """Check the messages; say whether one has content the upstream fetches, and count inline images."""
     if messages is None:
         raise _fail("messages", "Field required")
     _expect(messages, list, "messages", "list")
@@ -151,7 +153,7 @@ def _check_messages(messages: object) -> bool:
     if not messages:
         raise _fail("messages", "List should have at least 1 item after validation, not 0")
     last = len(messages) - 1
-    fetches = False
+    fetches, images = False, 0
     for i, message in enumerate(messages):
         path = f"messages.{i}"
         _expect(message, dict, path, "dictionary")
@@ -173,10 +175,11 @@ def _check_messages(messages: object) -> bool:
             raise _fail(f"{path}.content", "Input should be a valid string or a list of content blocks")
         if not content and not final_assistant:
             raise _empty_message(i)
-        fetches = _check_blocks(content, path, final_assistant) or fetches
+        more, count = _check_blocks(content, path, final_assistant)
+        fetches, images = fetches or more, images + count
         if role == "assistant":
             _check_tool_results_follow(messages, i, content)
-    return fetches
+    return fetches, images
 
 
 def _empty_message(i: int) -> InvalidRequest:
@@ -188,14 +191,23 @@ _SOURCED = frozenset({"image", "document"})
 _FETCHED_SOURCES = frozenset({"url", "file"})
 
 
-def _fetched(block: dict[str, Any]) -> bool:
+def _sourced(block: dict[str, Any]) -> tuple[bool, int]:
+    """For an image or document block: whether its tokens are unbounded by its bytes, and whether it is an
+    inline image. An image's URL or file is fetched upstream; a document's tokens (a PDF's pages, each
+    read as text and as an image) can far outnumber its bytes, unless it is plain text."""
     source = block.get("source")
-    return isinstance(source, dict) and source.get("type") in _FETCHED_SOURCES
+    kind = source.get("type") if isinstance(source, dict) else None
+    if block.get("type") == "document":
+        return kind != "text", 0
+    if kind in _FETCHED_SOURCES:
+        return True, 0
+    return False, 1
 
 
-def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> bool:
-    """Check a message's blocks; True if one has content the upstream fetches."""
-    fetches = False
+def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> tuple[bool, int]:
+    """Check a message's blocks; say whether one has content whose tokens its bytes do not bound, and count
+    inline images."""
+    fetches, images = False, 0
     for j, block in enumerate(blocks):
         bpath = f"{path}.content.{j}"
         _expect(block, dict, bpath, "dictionary")
@@ -229,13 +241,16 @@ def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> bool:
                 _expect(is_error, bool, f"{bpath}.tool_result.is_error", "boolean")
             inner = block.get("content")
             if isinstance(inner, list):
-                fetches = fetches or any(isinstance(b, dict) and b.get("type") in _SOURCED and _fetched(b)
-                                         for b in inner)
+                for b in inner:
+                    if isinstance(b, dict) and b.get("type") in _SOURCED:
+                        more, count = _sourced(b)
+                        fetches, images = fetches or more, images + count
         elif btype in _SOURCED:
-            fetches = fetches or _fetched(block)
+            more, count = _sourced(block)
+            fetches, images = fetches or more, images + count
         elif btype == "container_upload":
             fetches = True
-    return fetches
+    return fetches, images
 
 
 def _check_tool_results_follow(messages: list[Any], i: int, content: list[Any]) -> None:

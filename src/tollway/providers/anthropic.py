@@ -54,7 +54,8 @@ class AnthropicProvider(HTTPProvider):
         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
         if call.stream and resp.status == 200:
             reply = UpstreamReply(status=200, headers=reply_headers)
-            reply.chunks = self._relay(resp, reply)
+            cap = call.payload.get("max_tokens")
+            reply.chunks = self._relay(resp, reply, cap if isinstance(cap, int) else None)
             return reply
         body = await self.read_body(resp)
         reply = UpstreamReply(status=resp.status, headers=reply_headers, body=body, first_byte_at=time.monotonic())
@@ -76,8 +77,9 @@ class AnthropicProvider(HTTPProvider):
         # Anthropic-shaped errors go to the client unchanged: Claude Code recovers by their wording.
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, reply: UpstreamReply) -> AsyncIterator[bytes]:
-        tap = StreamTap()
+    async def _relay(self, resp: aiohttp.ClientResponse, reply: UpstreamReply,
+                     cap: int | None) -> AsyncIterator[bytes]:
+        tap = StreamTap(cap)
         reply.usage = tap.usage
         drained = False
         try:

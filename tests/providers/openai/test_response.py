@@ -124,6 +124,9 @@ def test_answer_without_usage_estimates_its_output() -> None:
     usage = translate({"content": "x" * 40, "tool_calls": [
         {"id": "c1", "function": {"name": "f", "arguments": '{"a": "' + "y" * 30 + '"}'}}]})["usage"]
     assert usage["output_tokens"] == 20  # (40 + 39 characters) / 4, rounded up
+    capped, _ = to_anthropic_message({"choices": [{"message": {"content": "x" * 400}, "finish_reason": "length"}]},
+                                     model="m", names=ToolNames(), message_id="msg_1", max_output=16)
+    assert capped["usage"]["output_tokens"] == 16  # an estimate never passes max_tokens
 
 
 def test_usage_is_returned_with_the_message() -> None:

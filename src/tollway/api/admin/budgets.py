@@ -67,13 +67,21 @@ async def topup(s: Services, owner: Owner, fields: Fields) -> None:
     if amount == 0:
         raise InvalidRequest("usd: must not be 0")
     label = f"{owner.name} ({owner.id})"
-    # As in the CLI, a guard against a slip of the finger, not atomic with the top-up; against the live
-    # balance, which already counts what running requests hold.
-    balance = (await Balances.load(s, [owner.id])).view(owner.id)["balance_nanousd"]
-    if amount < 0 and balance + amount < 0:
-        raise InvalidRequest(f"usd: cannot take back {usd_exact(-amount)} USD from {label}: its balance is "
-                             f"{usd_exact(balance)} USD")
-    if await s.store.topup(owner.id, amount, note) is None:
+    written: list[int | None] = []
+
+    async def write() -> None:
+        written.append(await s.store.topup(owner.id, amount, note))
+
+    if amount < 0:
+        # Checked and taken from the live balance in one step (it already counts what running requests
+        # hold), so no request reserving meanwhile can take it below zero.
+        if not await s.funds.take_back(owner.id, -amount, write):
+            balance = (await Balances.load(s, [owner.id])).view(owner.id)["balance_nanousd"]
+            raise InvalidRequest(f"usd: cannot take back {usd_exact(-amount)} USD from {label}: its balance is "
+                                 f"{usd_exact(balance)} USD")
+    else:
+        await write()
+    if written[0] is None:
         raise NotFound(f"{label} is gone")
     await s.funds.refresh()
 

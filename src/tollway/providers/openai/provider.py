@@ -57,9 +57,11 @@ class OpenAIProvider(HTTPProvider):
         if resp.status != 200:
             body = await self.read_body(resp)
             raise map_upstream_error(resp.status, body, resp.headers, self.name)
+        cap = call.payload.get("max_tokens")
+        max_output = cap if isinstance(cap, int) else None
         if call.stream:
             translator = StreamTranslator(model=call.client_model, names=names, message_id=new_message_id(),
-                                          input_estimate=max(1, len(call.body) // 4))
+                                          input_estimate=max(1, len(call.body) // 4), max_output=max_output)
             reply = UpstreamReply(status=200, headers={"content-type": "text/event-stream"},
                                   usage=translator.usage)
             reply.chunks = self._translate(resp, translator, reply)
@@ -72,7 +74,7 @@ class OpenAIProvider(HTTPProvider):
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamUnavailable(f"upstream {self.name!r} answered in no Chat Completions shape")
         message, usage = to_anthropic_message(answer, model=call.client_model, names=names,
-                                              message_id=new_message_id())
+                                              message_id=new_message_id(), max_output=max_output)
         return UpstreamReply(status=200, headers=JSON, body=orjson.dumps(message), usage=usage,
                              first_byte_at=time.monotonic(), completed=True)
 

@@ -214,8 +214,8 @@ def repair_json(text: str) -> object:
     return None
 
 
-def to_anthropic_message(chat: dict[str, Any], *, model: str, names: ToolNames,
-                         message_id: str) -> tuple[dict[str, Any], Usage]:
+def to_anthropic_message(chat: dict[str, Any], *, model: str, names: ToolNames, message_id: str,
+                         max_output: int | None = None) -> tuple[dict[str, Any], Usage]:
     """The Anthropic message for a ``chat.completion`` body, and its usage.
 
     ``model`` is the client's model name, which the answer carries. A 200 body that holds only an ``error``
@@ -263,6 +263,8 @@ def to_anthropic_message(chat: dict[str, Any], *, model: str, names: ToolNames,
         arguments = [c["function"].get("arguments") for c in calls if isinstance(c.get("function"), dict)]
         usage.output_tokens = estimate_tokens(len(reasoning) + len(text) + len(refusal) + sum(
             len(a) for a in arguments if isinstance(a, str)))
+        if max_output is not None:
+            usage.output_tokens = min(usage.output_tokens, max_output)  # no model writes more
     matched = matched_stop_sequence(choice)
     reason = stop_reason(choice.get("finish_reason"), tool_used=bool(calls), refused=bool(refusal.strip()),
                          stop_sequence=matched)

@@ -122,7 +122,8 @@ class _Open:
 class StreamTranslator:
     """Turns the bytes of one OpenAI stream into Anthropic SSE frames; one instance per response."""
 
-    def __init__(self, *, model: str, names: ToolNames, message_id: str, input_estimate: int) -> None:
+    def __init__(self, *, model: str, names: ToolNames, message_id: str, input_estimate: int,
+                 max_output: int | None = None) -> None:
         self.model = model
         self.names = names
         self.message_id = message_id
@@ -132,6 +133,8 @@ class StreamTranslator:
         """True once the upstream sent usage (some never do: vLLM and Ollama without ``include_usage``)."""
         self.sent_chars = 0
         """Characters of output passed on, to estimate its tokens when the upstream reports none."""
+        self.max_output = max_output
+        """The request's ``max_tokens``: an estimate never goes past it."""
         self.completed = False
         """True once ``message_stop`` was produced."""
         self.error_type: str | None = None
@@ -434,7 +437,10 @@ class StreamTranslator:
         """With no usage from the upstream (some servers send none, and a cut stream never gets to it), the
         output is billed at an estimate from its length rather than as nothing."""
         if not self.usage_reported:
-            self.usage.output_tokens = max(self.usage.output_tokens, estimate_tokens(self.sent_chars))
+            estimate = estimate_tokens(self.sent_chars)
+            if self.max_output is not None:
+                estimate = min(estimate, self.max_output)
+            self.usage.output_tokens = max(self.usage.output_tokens, estimate)
 
     def _end_message(self, out: list[bytes]) -> None:
         self._flush(out, force=True)
