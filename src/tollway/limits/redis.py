@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tollway.limits.base import Decision, Take
 from tollway.limits.memory import _unspent
@@ -137,12 +138,13 @@ class RedisLimiter:
         """A limiter with a client of its own, closed by `close`.
 
         Limits sit on the request path: a call fails after ``timeout`` seconds rather than the client's
-        default of five, and is retried once at once (a pooled connection found broken after a Redis
-        restart) rather than ten times with backoff. The pool waits for a free connection (up to
-        ``timeout``) where the default one would fail a burst of more calls than it has connections."""
+        default of five. A broken connection (a pooled one, after a Redis restart) is retried once at once,
+        rather than ten times with backoff; a timeout is not retried, since the script may have run and a
+        second take would charge twice. The pool waits for a free connection (up to ``timeout``) where the
+        default one would fail a burst of more calls than it has connections."""
         pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
                                                socket_timeout=timeout, socket_connect_timeout=timeout,
-                                               retry=Retry(NoBackoff(), 1))
+                                               retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         return cls(Redis.from_pool(pool), owns_client=True, **kwargs)
 
     async def close(self) -> None:
