@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
+import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.loop_thread import AppServer
@@ -17,6 +25,8 @@ from tollway.api.app import create_app
 from tollway.api.context import SERVICES
 from tollway.config import Config, parse_config
 from tollway.store import AccountRecord, Budget, SQLStore, UsageRecord, open_store
+from tollway.store.schema import metadata
+from tollway.store.sql import async_url, display_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -106,12 +116,132 @@ def gateway_config(upstream_url: str, db: Path) -> Config:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLStore]:
     """A migrated SQLite store in a fresh directory (the directory is created, as serve does)."""
     s = open_store(f"sqlite:///{tmp_path / 'data' / 'tollway.db'}")
     await s.migrate()
     yield s
     await s.close()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------
+# A server reached through POSTGRES_ENV (default: the local one of the dev machines and CI). Each test session
+# gets a database of its own, made from it and dropped at the end, so sessions running side by side (or a
+# developer's real data) never meet.
+
+POSTGRES_ENV = "TOLLWAY_TEST_POSTGRES_URL"
+POSTGRES_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+# The session's database takes the collation and time zone most unlike SQLite's (text compared by bytes,
+# times in UTC), so a query whose answer would depend on them differs between the backends and fails a test.
+_PG_COLLATION = "TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+_PG_TIMEZONE = "Pacific/Kiritimati"  # UTC+14: most dates differ from UTC's
+
+
+def _in_thread(work: Coroutine[Any, Any, Any]) -> Any:
+    # A loop of its own in another thread: a session fixture runs outside the tests' loops, and must not
+    # leave or replace an event loop in this thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+async def _pg_admin(url: str, *statements: str) -> None:
+    engine = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT", poolclass=NullPool,
+                                 connect_args={"timeout": 5})
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def _pg_create(server: str, name: str) -> None:
+    try:
+        await _pg_admin(server, f"CREATE DATABASE {name} {_PG_COLLATION}")
+    except DBAPIError:  # an older server or one without ICU: its default collation then
+        await _pg_admin(server, f"CREATE DATABASE {name}")
+    await _pg_admin(server, f"ALTER DATABASE {name} SET timezone TO '{_PG_TIMEZONE}'")
+
+
+def pg_database_url(server: str, name: str) -> str:
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of a reachable PostgreSQL server's maintenance database. Unreachable, the tests that need it
+    skip, except under CI (which has one): there they fail."""
+    server = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
+    try:
+        _in_thread(_pg_admin(server, "SELECT 1"))
+    except (OSError, DBAPIError) as exc:  # a timeout is an OSError too
+        problem = f"PostgreSQL at {display_url(server)} is unreachable ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{problem}; CI must have it (set {POSTGRES_ENV} if it is elsewhere)")
+        pytest.skip(f"{problem}; set {POSTGRES_ENV} to run the PostgreSQL tests")
+    return server
+
+
+class PostgresDatabases:
+    """Throwaway databases on the test server, each dropped at the end of the session."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.names: list[str] = []
+
+    def create(self, label: str) -> str:
+        name = f"tollway_test_{label}_{secrets.token_hex(4)}"
+        _in_thread(_pg_create(self.server, name))
+        self.names.append(name)
+        return pg_database_url(self.server, name)
+
+    def drop_all(self) -> None:
+        for name in self.names:
+            _in_thread(_pg_admin(self.server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: str) -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(postgres_server)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_databases: PostgresDatabases) -> str:
+    """One database for the session's tests, migrated once; tests empty it rather than make their own."""
+    url = postgres_databases.create("session")
+
+    async def migrate() -> None:
+        s = open_store(url)
+        try:
+            await s.migrate()
+        finally:
+            await s.close()
+
+    _in_thread(migrate())
+    return url
+
+
+_TABLES = ", ".join(t.name for t in metadata.sorted_tables)
+
+
+@pytest.fixture
+async def postgres_store(postgres_url: str) -> AsyncIterator[SQLStore]:
+    """A store on the session's PostgreSQL database, emptied first (identity counters too, so ids match
+    SQLite's in a fresh file)."""
+    s = open_store(postgres_url)
+    async with s.engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
+    yield s
+    await s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> SQLStore:
+    """The store contract's fixture: every test that takes it runs on each backend."""
+    backend: SQLStore = request.getfixturevalue(f"{request.param}_store")
+    return backend
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,23 @@ def test_full_config() -> None:
     assert config.uses_mock is True
 
 
+@pytest.mark.parametrize("url", ["postgresql://tollway:pw@db.internal:5432/tollway", "postgres://db/tollway",
+                                 "postgresql://db/tollway?sslmode=require"])
+def test_storage_on_postgres_with_its_pool(url: str) -> None:
+    config = parse(minimal(storage={"url": url, "pool_size": 20, "max_overflow": 0}))
+    assert config.storage == StorageConfig(url=url, pool_size=20, max_overflow=0)
+
+
+def test_storage_pool_defaults() -> None:
+    storage = parse(minimal(storage={"url": "postgres://db/tollway"})).storage
+    assert (storage.pool_size, storage.max_overflow) == (10, 5)
+
+
+def test_storage_url_password_from_the_environment() -> None:
+    config = parse(minimal(storage={"url": "postgresql://tollway:${PGPASS}@db/tollway"}), {"PGPASS": "s3cret"})
+    assert config.storage.url == "postgresql://tollway:s3cret@db/tollway"
+
+
 def test_minimal_config_gets_default_sections() -> None:
     config = parse(minimal())
     assert config.server == ServerConfig()
@@ -246,8 +263,15 @@ def test_unknown_keys(raw: dict[str, Any], message: str) -> None:
         (minimal(server={"shutdown_timeout": False}), "conf.toml: server.shutdown_timeout: must be a number, not bool"),
         (minimal(server={"shutdown_timeout": -1}), "conf.toml: server.shutdown_timeout: must be at least 0.0"),
         (minimal(server="localhost"), "conf.toml: server: must be a table"),
-        (minimal(storage={"url": "postgresql://db/tollway"}),
-         "conf.toml: storage.url: only sqlite:///PATH is supported in this version"),
+        (minimal(storage={"url": "mysql://root:hunter2@db/tollway"}),
+         "conf.toml: storage.url: must start with sqlite:///, postgresql://, postgres:// (got 'mysql://')"),
+        (minimal(storage={"url": "./tollway.db"}),
+         "conf.toml: storage.url: must start with sqlite:///, postgresql://, postgres:// (got './tollway.db')"),
+        (minimal(storage={"pool_size": 0}), "conf.toml: storage.pool_size: must be between 1 and 1000 (got 0)"),
+        (minimal(storage={"pool_size": 2.5}), "conf.toml: storage.pool_size: must be an integer, not float"),
+        (minimal(storage={"max_overflow": -1}),
+         "conf.toml: storage.max_overflow: must be between 0 and 1000 (got -1)"),
+        (minimal(storage={"max_overflow": "5"}), "conf.toml: storage.max_overflow: must be an integer, not str"),
         (minimal(storage={"flush_interval": 0}), "conf.toml: storage.flush_interval: must be at least 0.01"),
         (minimal(storage={"key_refresh_interval": 0.01}),
          "conf.toml: storage.key_refresh_interval: must be at least 0.05"),

@@ -22,6 +22,16 @@ from tollway.protocol.catalog import SEED_MODELS, Prices
 from tollway.upstream_options import FAMILIES, OpenAIOptions, guess_family, options_for
 
 UPSTREAM_KINDS = ("anthropic", "openai", "mock")
+STORAGE_URL_PREFIXES = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def storage_url_problem(url: str) -> str | None:
+    """What is wrong with a ``storage.url``, or None."""
+    if url.startswith(STORAGE_URL_PREFIXES):
+        return None
+    # Only the scheme is shown: the rest of a database URL may hold a password.
+    scheme = url.split("://", 1)[0] + "://" if "://" in url else url[:12]
+    return f"must start with {', '.join(STORAGE_URL_PREFIXES)} (got {scheme!r})"
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -43,6 +53,10 @@ class StorageConfig:
     """Seconds between usage-row batch writes."""
     key_refresh_interval: float = 2.0
     """Seconds between reloads of changed keys; bounds how long a revoked key keeps working."""
+    pool_size: int = 10
+    """PostgreSQL connections kept open per process (SQLite ignores it)."""
+    max_overflow: int = 5
+    """PostgreSQL connections opened beyond ``pool_size`` at a peak, and closed after it."""
 
 
 ADMIN_TOKEN_MIN_LENGTH = 16
@@ -271,14 +285,17 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     )
 
     st = root.table("storage")
-    st.check_keys({"url", "flush_interval", "key_refresh_interval"})
+    st.check_keys({"url", "flush_interval", "key_refresh_interval", "pool_size", "max_overflow"})
     url = st.string("url", "sqlite:///./tollway.db")
-    if not url.startswith("sqlite:///"):
-        raise st.fail("url", "only sqlite:///PATH is supported in this version")
+    problem = storage_url_problem(url)
+    if problem is not None:
+        raise st.fail("url", problem)
     storage = StorageConfig(
         url=url,
         flush_interval=st.number("flush_interval", 0.5, minimum=0.01),
         key_refresh_interval=st.number("key_refresh_interval", 2.0, minimum=0.05),
+        pool_size=st.integer("pool_size", 10, minimum=1, maximum=1000),
+        max_overflow=st.integer("max_overflow", 5, minimum=0, maximum=1000),
     )
 
     upstreams = tuple(_parse_upstream(u) for u in root.tables("upstreams"))

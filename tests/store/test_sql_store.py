@@ -1,4 +1,6 @@
-"""SQLStore on a real SQLite file: migrations, keys and the usage ledger."""
+"""The store's contract, on every backend (the ``store`` fixture runs each test on SQLite and on PostgreSQL):
+keys, usage rows and their summary, the ledger. The first two tests are about SQLite files (a folder made,
+WAL); the migrations on both backends are in test_migrations.py."""
 
 from __future__ import annotations
 

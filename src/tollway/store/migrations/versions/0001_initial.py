@@ -30,7 +30,10 @@ def upgrade() -> None:
     op.create_index("ix_keys_updated_at", "keys", ["updated_at"])
     op.create_table(
         "usage",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        # 64-bit on PostgreSQL, where a busy gateway would run through 2**31 rows; SQLite's rowid already is,
+        # and its column stays INTEGER, the only type that makes it the rowid. (PostgreSQL was refused as a
+        # store before this type was set, so no PostgreSQL database has the older 32-bit column.)
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(64), nullable=False, unique=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("key_id", sa.String(40), nullable=True),
