@@ -14,16 +14,19 @@ from tollway.accounting.keys import new_account, new_key
 from tollway.api.app import create_app
 from tollway.config import Config
 from tollway.store import open_store
+from tollway.store.sql import display_url
 
 log = logging.getLogger("tollway")
 
 
 async def _first_key(config: Config) -> str | None:
     """On a database with no keys, make one so the first curl works; its secret is shown this once."""
-    store = open_store(config.storage.url)
+    store = open_store(config.storage)
     try:
-        await store.migrate()
-        if await store.list_keys():
+        await store.ensure_current(auto_migrate=store.dialect == "sqlite")
+        # Only for the one-machine start: replicas on one PostgreSQL would race to make it; keys for those
+        # are made with `tollway keys create`.
+        if store.dialect != "sqlite" or await store.list_keys():
             return None
         record, secret = new_key("default", None)
         account = new_account("default", record.created_at)
@@ -36,7 +39,8 @@ async def _first_key(config: Config) -> str | None:
 def banner(config: Config, secret: str | None) -> str:
     host = config.server.host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{config.server.port}"
-    lines = [f"Tollway listening on {url}", f"  config:   {config.source}", f"  storage:  {config.storage.url}"]
+    lines = [f"Tollway listening on {url}", f"  config:   {config.source}",
+             f"  storage:  {display_url(config.storage.url)}"]
     for u in config.upstreams:
         where = "built-in, answers in-process" if u.kind == "mock" else u.base_url
         lines.append(f"  upstream: {u.name} ({u.kind}) {where}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -13,6 +14,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
+from tollway.cli import main as cli_main
 from tollway.errors import ConfigError
 from tollway.store import KeyRecord, SQLStore, UsageRecord, open_store
 from tollway.store.sql import HEAD_REVISION, MIGRATIONS, REVISIONS
@@ -189,3 +191,18 @@ async def test_migrate_refuses_a_newer_schema_too(empty: SQLStore) -> None:
     with pytest.raises(ConfigError, match="this binary is older than the database"):
         await empty.migrate()
     assert await empty.revision() == "0099"
+
+
+def test_commands_other_than_migrate_leave_a_shared_database_to_migrate(
+        empty_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text(f'[storage]\nurl = "{empty_url}"\n\n[[upstreams]]\nname = "mock"\nkind = "mock"\n\n'
+                    '[[models]]\nname = "m"\ntargets = [{ upstream = "mock" }]\n')
+    code = cli_main(["keys", "list", "--config", str(conf)])
+    if empty_url.startswith("sqlite"):
+        assert code == 0  # one machine: brought up to date on the spot, as `serve` does
+        return
+    assert code == 2
+    assert "tollway migrate" in capsys.readouterr().err
+    assert cli_main(["migrate", "--config", str(conf)]) == 0
+    assert cli_main(["keys", "list", "--config", str(conf)]) == 0

@@ -235,3 +235,25 @@ async def test_newest_ledger_entries_come_first_and_limited(store: SQLStore) -> 
     newest = await store.ledger_entries(owner="key_a", newest=2)
     assert [e.request_id for _, e in newest] == ["req_5", "req_4"]
     assert [e.request_id for _, e in await store.ledger_entries(owner="key_a")][:2] == ["req_1", "req_2"]
+
+
+async def test_a_request_is_closed_once_per_owner(store: SQLStore) -> None:
+    # A start releases a reserve whose process still drains (a rolling restart); that process's settle,
+    # arriving after, must not close the same request a second time.
+    at = 1_764_000_000_000_000
+    await store.insert_usage([], [LedgerEntry(at, "key_a", "reserve", -100, "req_1"),
+                                  LedgerEntry(at, "key_a", "release", 100, "req_1")])
+    await store.insert_usage([], [LedgerEntry(at, "key_a", "settle", 60, "req_1")])
+    balances, _ = await store.balances()
+    assert balances["key_a"] == 0
+    assert [e.kind for _, e in await store.ledger_entries(owner="key_a")] == ["reserve", "release"]
+
+
+async def test_taking_money_back_does_not_make_an_owner_prepaid(store: SQLStore) -> None:
+    await store.insert_key(key("key_p", "p"))
+    assert await store.topup("key_p", -5) == -5
+    found = await store.key("key_p")
+    assert found is not None and not found.budget.prepaid
+    assert await store.topup("key_p", 10) == 5
+    found = await store.key("key_p")
+    assert found is not None and found.budget.prepaid

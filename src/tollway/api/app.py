@@ -50,8 +50,10 @@ def create_app(config: Config) -> web.Application:
 
 def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(config.storage.url)
-        await store.migrate()
+        store = open_store(config.storage)
+        # SQLite (one machine) is brought up to date on start; PostgreSQL, shared by replicas, only by
+        # `tollway migrate`: a replica finding an older schema refuses to serve.
+        await store.ensure_current(auto_migrate=store.dialect == "sqlite")
         keys = KeyCache(store, config.storage.key_refresh_interval)
         ledger = UsageLedger(store, config.storage.flush_interval)
         table = RoutingTable(config)

@@ -14,6 +14,7 @@ from tollway.cli.common import Refused, config_parent
 from tollway.config import Config, load_config
 from tollway.errors import ConfigError
 from tollway.store import SQLStore, open_store
+from tollway.store.sql import display_url
 
 STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, SQLStore], Awaitable[int]]] = {
     "keys": keys.run, "accounts": accounts.run, "usage": usage.run,
@@ -62,12 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    store = open_store(config.storage.url)
+    store = open_store(config.storage)
     try:
-        await store.migrate()
         if args.command == "migrate":
-            print(f"schema is up to date ({config.storage.url})")
+            await store.migrate()
+            print(f"schema is up to date ({display_url(config.storage.url)})")
             return 0
+        # Other commands bring SQLite up to date as `serve` does, and leave a shared PostgreSQL to `migrate`.
+        await store.ensure_current(auto_migrate=store.dialect == "sqlite")
         return await STORE_COMMANDS[args.command](args, store)
     finally:
         await store.close()

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     false,
 )
 
@@ -68,8 +69,12 @@ ledger = Table(
     Column("request_id", String(64), nullable=True),
     Column("note", Text, nullable=True),
     Index("ix_ledger_owner", "owner"),
-    Index("ux_ledger_request", "request_id", "owner", "kind", unique=True),
 )
+# One reserve and one closing entry (settle or release) per request and owner: a batch written again after an
+# unclear failure cannot count twice, and a request released at a start while the process that made it still
+# drains (a rolling restart) cannot also be settled.
+Index("ux_ledger_request", ledger.c.request_id, ledger.c.owner,
+      case((ledger.c.kind == "reserve", 0), else_=1), unique=True)
 
 usage = Table(
     "usage",

@@ -109,8 +109,9 @@ def _pg_unnest_sql(table: Table, fields: tuple[str, ...], unique: tuple[str, ...
     arrays = ", ".join(f"${i}::{table.c[f].type.compile(dialect=dialect)}[]" for i, f in enumerate(fields, 1))
     # DO NOTHING on the unique key: a batch retried after a failure that came after its commit must not fail
     # on its own rows.
+    target = f"({', '.join(unique)}) " if unique else ""
     return (f"INSERT INTO {table.name} ({', '.join(fields)}) SELECT * FROM unnest({arrays}) "
-            f"ON CONFLICT ({', '.join(unique)}) DO NOTHING")
+            f"ON CONFLICT {target}DO NOTHING")
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -337,8 +338,11 @@ class SQLStore:
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _TOPUP_LOCK})
+            # Adding money makes the owner prepaid; taking it back leaves that as it is (an owner switched to
+            # no balance stays so).
+            changes: dict[str, Any] = {"prepaid": True} if amount_nanousd > 0 else {}
             result = await conn.execute(update(table).where(table.c.id == owner)
-                                        .values(prepaid=True, updated_at=now))
+                                        .values(**changes, updated_at=now))
             if result.rowcount == 0:
                 return None
             await conn.execute(insert(schema.ledger).values(
@@ -431,7 +435,7 @@ class SQLStore:
                                                tuple(map(list, zip(*records, strict=True))))
                 if entries:
                     await conn.exec_driver_sql(
-                        _pg_unnest_sql(schema.ledger, LedgerEntry._fields, ("request_id", "owner", "kind")),
+                        _pg_unnest_sql(schema.ledger, LedgerEntry._fields, ()),
                         tuple(map(list, zip(*entries, strict=True))))
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:

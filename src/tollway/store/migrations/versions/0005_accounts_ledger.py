@@ -49,9 +49,11 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=True),
     )
     op.create_index("ix_ledger_owner", "ledger", ["owner"])
-    # One entry of each kind per request and owner: a batch written again after an unclear failure
-    # cannot count twice.
-    op.create_index("ux_ledger_request", "ledger", ["request_id", "owner", "kind"], unique=True)
+    # One reserve and one closing entry (settle or release) per request and owner: a batch written again
+    # after an unclear failure cannot count twice, and a request released at a start while the process that
+    # made it still drains cannot also be settled.
+    op.create_index("ux_ledger_request", "ledger",
+                    ["request_id", "owner", sa.text("(CASE WHEN kind = 'reserve' THEN 0 ELSE 1 END)")], unique=True)
     with op.batch_alter_table("keys") as batch:
         batch.add_column(sa.Column("account_id", sa.String(40), nullable=True))
         for column in _money_columns():
