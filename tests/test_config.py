@@ -231,8 +231,8 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, models, server, "
-                            "storage, upstreams)"),
+        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, limits, models, "
+                            "server, storage, upstreams)"),
         (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
                                         "max_body_bytes, port, shutdown_timeout)"),
         (minimal(storage={"path": "x"}), "conf.toml: storage.path: unknown key"),
@@ -643,3 +643,13 @@ def test_admin_must_be_a_table() -> None:
 
 def test_a_token_of_sixteen_characters_is_enough() -> None:
     assert parse(minimal(admin={"token": "x" * 16})).admin.token == "x" * 16
+
+
+def test_shared_limits_config() -> None:
+    assert parse(minimal()).limits.url is None  # in-process by default
+    limits = parse(minimal(limits={"url": "redis://127.0.0.1:6379/0", "lease": 60, "retry_delay": 2})).limits
+    assert (limits.url, limits.prefix, limits.lease, limits.retry_delay) == (
+        "redis://127.0.0.1:6379/0", "tollway:", 60.0, 2.0)
+    assert "redis://" not in repr(limits)  # it may carry a password
+    assert config_error(minimal(limits={"url": "http://x"})) == (
+        "conf.toml: limits.url: must be a redis://, rediss:// or unix:// URL")

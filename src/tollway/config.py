@@ -63,6 +63,20 @@ ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    url: str | None = field(default=None, repr=False)
+    """``redis://`` (or ``rediss://``, ``unix://``) for rate limits shared by every replica; None keeps them in
+    this process. Kept out of the repr: it may carry a password."""
+    prefix: str = "tollway:"
+    lease: float = 900.0
+    """Seconds a concurrency slot counts at most, so a replica killed mid-request frees its slots: longer than
+    the longest stream."""
+    timeout: float = 1.0
+    retry_delay: float = 5.0
+    """Seconds between tries of an unreachable Redis; limits are this replica's own meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     token: str | None = field(default=None, repr=False)
     """What ``/admin`` requires (``Authorization: Bearer`` or ``x-admin-token``); None turns the admin API off.
@@ -153,6 +167,7 @@ class Config:
     key_limits: tuple[KeyLimitConfig, ...] = ()
     """Per key and model overrides of the models' limits, in file order."""
     admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<built-in defaults>"
     """Where this config came from, for messages and the startup banner."""
 
@@ -273,7 +288,7 @@ class _Reader:
 
 def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     root = _Reader(source, environ, raw, "")
-    root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin"})
+    root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin", "limits"})
 
     s = root.table("server")
     s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes"})
@@ -314,7 +329,18 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
         raise ConfigError(f"{source}: models: at least one [[models]] entry is required")
     key_limits = _parse_key_limits(root.tables("key_limits"), tuple(seen))
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
-                  admin=_parse_admin(root.table("admin")), source=source)
+                  admin=_parse_admin(root.table("admin")), limits=_parse_limits_backend(root.table("limits")),
+                  source=source)
+
+
+def _parse_limits_backend(r: _Reader) -> LimitsConfig:
+    r.check_keys({"url", "prefix", "lease", "timeout", "retry_delay"})
+    url = r.optional_string("url")
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise r.fail("url", "must be a redis://, rediss:// or unix:// URL")
+    return LimitsConfig(url=url, prefix=r.string("prefix", "tollway:"), lease=r.number("lease", 900.0, minimum=1.0),
+                        timeout=r.number("timeout", 1.0, minimum=0.01),
+                        retry_delay=r.number("retry_delay", 5.0, minimum=0.1))
 
 
 def _parse_admin(a: _Reader) -> AdminConfig:

@@ -18,7 +18,7 @@ from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
 from tollway.api.models import get_model, list_models
 from tollway.config import Config
-from tollway.limits import LimitRules, MemoryLimiter
+from tollway.limits import Limiter, LimitRules, MemoryLimiter
 from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
@@ -29,7 +29,11 @@ log = logging.getLogger("tollway")
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    shared = getattr(services.limiter, "is_shared", None)
+    limits = {"backend": "memory"} if shared is None else {
+        "backend": "redis", "shared": shared, "outages": getattr(services.limiter, "outages", 0)}
     body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending,
+            "limits": limits,
             "upstreams": services.health.snapshot(services.table.key_counts())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -48,6 +52,18 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+def _limiter(config: Config) -> Limiter:
+    if config.limits.url is None:
+        return MemoryLimiter()
+    # Imported only when configured: the Redis client adds about 0.1 s to a start.
+    from tollway.limits.fallback import FallbackLimiter
+    from tollway.limits.redis import RedisLimiter
+
+    shared = RedisLimiter.from_url(config.limits.url, prefix=config.limits.prefix, lease=config.limits.lease,
+                                   timeout=config.limits.timeout)
+    return FallbackLimiter(shared, retry_delay=config.limits.retry_delay)
+
+
 def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.storage)
@@ -63,8 +79,9 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await funds.start()
         await table.start()
         health = HealthBoard()
+        limiter = _limiter(config)
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
-                                 router=Router(table, health), limiter=MemoryLimiter(),
+                                 router=Router(table, health), limiter=limiter,
                                  limit_rules=LimitRules.from_config(config), funds=funds)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
@@ -81,6 +98,9 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             await table.close()
             await funds.close()
             await keys.close()
+            close = getattr(limiter, "close", None)  # after the handlers: their settles are done
+            if close is not None:
+                await close()
             await ledger.close()
             await store.close()
             log.info("usage flushed; %d rows dropped in this run", ledger.dropped)
