@@ -51,3 +51,19 @@ def test_capacity() -> None:
     assert board.at_capacity("u", 1) and not board.at_capacity("u", 2) and not board.at_capacity("u", None)
     board.release("u")
     assert not board.at_capacity("u", 1)
+
+
+def test_rests_decided_here_are_told_and_rests_told_by_peers_are_taken() -> None:
+    clock = [100.0]
+    board = HealthBoard(clock=lambda: clock[0])
+    told: list[tuple[str, int | None, float, bool, str]] = []
+    board.on_rest = lambda *rest: told.append(rest)
+    board.failed("a", 0, scope="key", error="rate_limit_error", retry_after=7, rate_limited=True)
+    assert told == [("a", 0, 7, True, "rate_limit_error")]
+    board.failed("a", 0, scope="upstream", error="api_error")  # first of a streak: no rest, nothing told
+    assert len(told) == 1
+    peer = HealthBoard(clock=lambda: clock[0])
+    peer.rest_from_peer("a", 0, 7.0, True, "rate_limit_error")
+    assert peer.resting_for("a", 0) == 7.0 and peer.rate_limited("a", 0)
+    peer.rest_from_peer("a", None, 3.0, False, "overloaded_error")  # the whole upstream, shorter
+    assert peer.resting_for("a", 1) == 3.0 and peer.resting_for("a", 0) == 7.0

@@ -80,6 +80,13 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await table.start()
         health = HealthBoard()
         limiter = _limiter(config)
+        broadcast = None
+        if config.limits.url is not None:
+            from tollway.routing.rest_broadcast import RestBroadcast
+
+            broadcast = RestBroadcast(config.limits.url, config.limits.prefix, health, config.limits.timeout)
+            health.on_rest = broadcast.publish
+            await broadcast.start()
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
                                  router=Router(table, health), limiter=limiter,
                                  limit_rules=LimitRules.from_config(config), funds=funds)
@@ -101,6 +108,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             close = getattr(limiter, "close", None)  # after the handlers: their settles are done
             if close is not None:
                 await close()
+            if broadcast is not None:
+                await broadcast.close()
             await ledger.close()
             await store.close()
             log.info("usage flushed; %d rows dropped in this run", ledger.dropped)

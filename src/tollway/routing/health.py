@@ -44,6 +44,9 @@ class HealthBoard:
         self._upstreams: dict[str, Rest] = {}
         self._keys: dict[tuple[str, int], Rest] = {}
         self.in_flight: dict[str, int] = {}
+        self.on_rest: Callable[[str, int | None, float, bool, str], None] | None = None
+        """Told of every rest this board decides (upstream, key or None, seconds, rate limited, error): how
+        other replicas learn of it."""
 
     def reset(self) -> None:
         """Forget every rest and streak (in-flight counts stay: those requests are still running)."""
@@ -98,7 +101,18 @@ class HealthBoard:
             extra = rest.failures - (STREAK if scope == "upstream" else 1)
             delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** extra)
         rest.until = max(rest.until, self.clock() + delay)
+        if self.on_rest is not None:
+            self.on_rest(upstream, key if scope == "key" else None, delay, rate_limited, error)
         return delay
+
+    def rest_from_peer(self, upstream: str, key: int | None, seconds: float, rate_limited: bool, error: str) -> None:
+        """Another replica rested this key (or the whole upstream) for ``seconds``: rest it here too."""
+        rest = self._rest(upstream, key)
+        now = self.clock()
+        rest.until = max(rest.until, now + seconds)
+        rest.rate_limited = rest.rate_limited or rate_limited
+        rest.last_error = f"{error} (seen by another replica)"
+        rest.failed_at = now
 
     def snapshot(self, keys_per_upstream: dict[str, int]) -> list[dict[str, Any]]:
         """The state of every upstream and key, for ``/healthz`` and ``tollway upstreams``."""
