@@ -174,7 +174,8 @@ class TollwaySetup:
 
 
 def write_tollway_config(
-    path: Path, tmpdir: Path, port: int, upstream_port: int, openai_model: tuple[str, str] | None = None
+    path: Path, tmpdir: Path, port: int, upstream_port: int, openai_model: tuple[str, str] | None = None,
+    storage_url: str | None = None, limits_url: str | None = None,
 ) -> None:
     """Tollway's bench config: the Anthropic model relayed to the fake, and with `openai_model`
     (client name, upstream name) a second model translated to the fake's OpenAI Chat Completions API."""
@@ -193,14 +194,15 @@ family = "generic"
 name = "{client_name}"
 targets = [{{ upstream = "fake-openai", model = "{upstream_name}" }}]
 """
+    limits = f'\n[limits]\nurl = "{limits_url}"\nprefix = "tollway-bench:{port}:"\n' if limits_url else ""
     path.write_text(
         f"""[server]
 host = "127.0.0.1"
 port = {port}
 
 [storage]
-url = "sqlite:///{tmpdir}/tollway.db"
-
+url = "{storage_url or f"sqlite:///{tmpdir}/tollway.db"}"
+{limits}
 [[upstreams]]
 name = "fake"
 kind = "anthropic"

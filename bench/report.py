@@ -66,6 +66,11 @@ def metering(cells: Cells) -> Figures:
     return _extra(cells, "tollway-limited", "tollway")
 
 
+def scale_out(cells: Cells) -> Figures:
+    """What PostgreSQL and Redis cost a replica over SQLite and in-process limits, for the same limited key."""
+    return _extra(cells, "tollway-shared", "tollway-limited")
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
 
@@ -81,7 +86,7 @@ def _block(title: str, columns: list[tuple[str, str]], figures: Figures) -> list
 
 
 def markdown(cells: Cells, rat: Figures, trans: Figures, skipped: dict[str, str],
-             meter: Figures | None = None) -> str:
+             meter: Figures | None = None, shared: Figures | None = None) -> str:
     lines = [
         "| target | mode | c | req/s | p50 ms | p99 ms | errors | CPU µs/req | sched µs/req | CPU of |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
@@ -107,6 +112,9 @@ def markdown(cells: Cells, rat: Figures, trans: Figures, skipped: dict[str, str]
     lines += _block("rate limits on (tollway-limited ÷ tollway)",
                     [("+CPU µs/req", "cpu_us_per_req_extra"), ("CPU/req", "cpu_per_req"), ("p50", "p50")],
                     meter or {})
+    lines += _block("PostgreSQL and Redis (tollway-shared ÷ tollway-limited)",
+                    [("+CPU µs/req", "cpu_us_per_req_extra"), ("CPU/req", "cpu_per_req"), ("p50", "p50")],
+                    shared or {})
     for name, why in skipped.items():
         lines += ["", f"**{name} skipped:**", "```", why, "```"]
     samples = [(c, s) for c in cells for s in c["error_samples"]]

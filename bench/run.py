@@ -50,12 +50,16 @@ from procs import (
     wait_tcp,
     write_tollway_config,
 )
-from report import markdown, metering, ratios, translation
+from report import markdown, metering, ratios, scale_out, translation
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
-TARGETS = ("direct", "relay", "tollway", "tollway-limited", "direct-openai", "tollway-openai")
+TARGETS = ("direct", "relay", "tollway", "tollway-limited", "tollway-shared", "direct-openai", "tollway-openai")
+# tollway-shared: the tollway-limited row on PostgreSQL and Redis (what scale-out costs a replica); it is
+# skipped when they are not reachable at these addresses.
+BENCH_POSTGRES = os.environ.get("TOLLWAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BENCH_REDIS = os.environ.get("TOLLWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Limits and money far above what the bench uses: every request pays for the checks (three buckets and a
 # concurrency slot, a prepaid balance and a daily cap: reserve, settle, two ledger entries), none is refused.
 LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000",
@@ -137,6 +141,12 @@ def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> t
         targets.append(Target("relay", f"http://127.0.0.1:{port}/v1/messages", client_headers("bench"), relay))
     gateway_targets, skipped = start_gateway(args, tmp, fake_port, servers, py)
     targets += gateway_targets
+    if "tollway-shared" in args.targets:
+        shared, why = start_shared(tmp, fake_port, servers, py)
+        if shared is None:
+            skipped["tollway-shared"] = why
+        else:
+            targets.append(shared)
     return sorted(targets, key=lambda t: TARGETS.index(t.name)), skipped
 
 
@@ -161,6 +171,56 @@ def start_gateway(
         skipped["tollway-openai"] = why
         wanted.remove("tollway-openai")
     return [], skipped
+
+
+def start_shared(tmp: Path, fake_port: int, servers: list[Server], py: str) -> tuple[Target | None, str]:
+    """A second Tollway on a fresh PostgreSQL database and Redis limits, with the same limited key."""
+    import asyncio
+    import atexit
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    database = f"tollway_bench_{os.getpid()}"
+    admin = BENCH_POSTGRES.replace("postgresql://", "postgres://")
+
+    async def run(*statements: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    drop = f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    try:
+        asyncio.run(run(drop, f"CREATE DATABASE {database}"))
+        # Dropped when the bench exits, after its servers are stopped.
+        atexit.register(lambda: asyncio.run(run(drop)))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return None, f"PostgreSQL at {BENCH_POSTGRES} unavailable: {exc}"
+    storage = BENCH_POSTGRES.rsplit("/", 1)[0] + f"/{database}"
+    port = free_port()
+    config = tmp / "tollway-shared.toml"
+    write_tollway_config(config, tmp, port, fake_port, storage_url=storage, limits_url=BENCH_REDIS)
+    command, env = tollway_candidates(REPO, py)[0]
+    # On PostgreSQL, serve does not migrate: the schema comes first, as an operator would do it.
+    steps = [["migrate", "--config", str(config)],
+             ["keys", "create", "--config", str(config), "--name", "bench-shared", *LIMITED_KEY]]
+    output = ""
+    for step in steps:
+        done = subprocess.run([*command, *step], env=env, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            return None, f"`tollway {' '.join(step[:2])}` failed: {done.stderr.strip()[-500:]}"
+        output = done.stdout
+    key = output.strip().splitlines()[-1]
+    gateway = Server("tollway-shared", [*command, "serve", "--config", str(config)], tmp / "tollway-shared.log", env)
+    servers.append(gateway)
+    gateway.start()
+    try:
+        wait_http_ok(gateway, f"http://127.0.0.1:{port}/healthz")
+    except RuntimeError as exc:
+        return None, str(exc)
+    return Target("tollway-shared", f"http://127.0.0.1:{port}/v1/messages", client_headers(key), gateway), ""
 
 
 def start_tollway(
@@ -297,8 +357,8 @@ def main() -> int:
         print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} targets={[t.name for t in targets]} tmp={tmp}")
         started = time.monotonic()
         cells = uvloop.run(measure(targets, servers[0], args))
-        rat, trans, meter = ratios(cells), translation(cells), metering(cells)
-        print("\n" + markdown(cells, rat, trans, skipped, meter) + "\n")
+        rat, trans, meter, shared = ratios(cells), translation(cells), metering(cells), scale_out(cells)
+        print("\n" + markdown(cells, rat, trans, skipped, meter, shared) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(),
@@ -311,6 +371,7 @@ def main() -> int:
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         doc = {"meta": meta, "cells": cells, "ratios": rat, "translation": trans, "metering": meter,
+               "scale_out": shared,
                "skipped": skipped}
         RESULTS.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"wrote {RESULTS.relative_to(REPO)}")
