@@ -167,6 +167,12 @@ class Unreachable:
     async def release(self, name: str) -> None:
         raise AssertionError("not called here")
 
+    async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
+        raise AssertionError("not called here")
+
+    async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
+        raise AssertionError("not called here")
+
 
 async def test_one_call_at_a_time_tries_redis_again(clock: Clock) -> None:
     shared, monotonic = Unreachable(), Monotonic()

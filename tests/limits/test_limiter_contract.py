@@ -128,3 +128,32 @@ async def test_a_release_without_a_slot_frees_nothing(limiter: Limiter) -> None:
 async def test_slots_are_exact_under_concurrency(limiter: Limiter) -> None:
     results = await asyncio.gather(*(limiter.acquire("k:conc", 7) for _ in range(100)))
     assert sum(results) == 7
+
+
+async def test_admit_takes_buckets_and_slots_together_or_nothing(limiter: Limiter) -> None:
+    takes = [Take("k:rpm", 1, RPM), Take("k:otpm", 10, Quota(100))]
+    decisions, full = await limiter.admit(takes, [("k:slot", 1), ("k:model-slot", 5)])
+    assert full is None and all(d.allowed for d in decisions)
+    assert [d.remaining for d in decisions] == [59, 90]
+    # The first slot is full: nothing is taken from the buckets, nor from the second slot.
+    decisions, full = await limiter.admit(takes, [("k:slot", 1), ("k:model-slot", 5)])
+    assert full == 0
+    (probe,) = await limiter.take([Take("k:otpm", 0, Quota(100))])
+    assert probe.remaining == 90
+    assert await limiter.acquire("k:model-slot", 2)  # one held by the first admit, this one: two of two
+    assert not await limiter.acquire("k:model-slot", 2)
+
+
+async def test_admit_tries_no_slot_when_a_bucket_refuses(limiter: Limiter) -> None:
+    decisions, full = await limiter.admit([Take("k:big", 200, Quota(100))], [("k:slot", 1)])
+    assert full is None and not decisions[0].allowed
+    assert await limiter.acquire("k:slot", 1)  # the slot was left free
+
+
+async def test_finish_refunds_and_releases_together(limiter: Limiter, clock: Clock) -> None:
+    take = Take("k:otpm", 80, Quota(100))
+    (decision,), _ = await limiter.admit([take], [("k:slot", 1)])
+    await limiter.finish([Take("k:otpm", 70, take.quota, decision.reset_at)], ["k:slot"])
+    (probe,) = await limiter.take([Take("k:otpm", 0, Quota(100))])
+    assert probe.remaining == 90
+    assert await limiter.acquire("k:slot", 1)  # released

@@ -78,3 +78,11 @@ class Limiter(Protocol):
 
     async def release(self, name: str) -> None:
         """A concurrent request under ``name`` has ended."""
+
+    async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
+        """`take` and then `acquire` every ``(name, limit)`` slot, all or nothing, in one step where the backend
+        can (one round trip to Redis rather than one per call): the decisions, and the index of the first
+        slot found full (None when each had room; slots are not tried when a take is refused)."""
+
+    async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
+        """`refund` and `release` together, in one step where the backend can."""

@@ -106,6 +106,27 @@ class FallbackLimiter:
             self._slots.setdefault(name, []).append(shared)
         return got
 
+    async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
+        (decisions, full), shared = await self._call(lambda: self.shared.admit(takes, slots),
+                                                     lambda: self.local.admit(takes, slots))
+        if full is None and all(d.allowed for d in decisions):
+            for name, _ in slots:
+                self._slots.setdefault(name, []).append(shared)
+        return decisions, full
+
+    async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
+        # Each slot goes back where it was taken; refunds go where limits are now.
+        shared_slots: list[str] = []
+        local_slots: list[str] = []
+        for name in slots:
+            held = self._slots.get(name)
+            if held:
+                (shared_slots if held.pop() else local_slots).append(name)
+        if local_slots:
+            await self.local.finish([], local_slots)
+        # Shared slots that cannot be released (Redis away) end with their leases.
+        await self._call(lambda: self.shared.finish(refunds, shared_slots), lambda: self.local.finish(refunds, []))
+
     async def release(self, name: str) -> None:
         held = self._slots.get(name)
         if not held:

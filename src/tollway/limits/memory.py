@@ -50,6 +50,26 @@ class MemoryLimiter:
     async def release(self, name: str) -> None:
         self._running[name] = max(0, self._running.get(name, 0) - 1)
 
+    async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
+        decisions = await self.take(takes) if takes else []
+        if not all(d.allowed for d in decisions):
+            return decisions, None
+        running = self._running
+        for i, (name, limit) in enumerate(slots):
+            if running.get(name, 0) >= limit:
+                for taken, _ in slots[:i]:
+                    await self.release(taken)
+                await self.refund([t._replace(until=d.reset_at) for t, d in zip(takes, decisions, strict=True)])
+                return decisions, i
+            running[name] = running.get(name, 0) + 1
+        return decisions, None
+
+    async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
+        if refunds:
+            await self.refund(refunds)
+        for name in slots:
+            await self.release(name)
+
 
 def _unspent(decision: Decision, take: Take) -> Decision:
     return Decision(True, decision.limit, min(decision.limit, decision.remaining + take.cost),

@@ -133,8 +133,14 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
         wanted = {"rpm": costs[0], "itpm": costs[1], "otpm": costs[2]}
         charges += [Charge(kind, scope.model, Take(name, min(wanted[kind], quota.limit), quota))
                     for kind, name, quota in scope.buckets]
+    slots: list[tuple[str, int, str | None]] = []
+    if key.max_concurrency is not None:
+        slots.append((_slot_name(key.id), key.max_concurrency, None))
+    if scope is not None and scope.slot is not None:
+        slots.append((*scope.slot, scope.model))
+    # Buckets and slots in one call: one round trip to a shared (Redis) limiter.
+    decisions, full = await limiter.admit([c.take for c in charges], [(name, limit) for name, limit, _ in slots])
     if charges:
-        decisions = await limiter.take([c.take for c in charges])
         # With the key's own buckets alone there is one of each kind: nothing to choose between.
         admission.headers = headers_for(
             tightest(charges, decisions) if scope is not None
@@ -144,20 +150,13 @@ async def admit(limiter: Limiter, key: KeyRecord, body_size: int, max_tokens: in
             wait = max(d.retry_after for _, d in refused)
             raise RateLimited(_refusal([c for c, _ in refused]),
                               headers={**admission.headers, "retry-after": str(max(1, math.ceil(wait)))})
-        admission.takes, admission.untils = charges, [d.reset_at for d in decisions]
-    slots: list[tuple[str, int, str | None]] = []
-    if key.max_concurrency is not None:
-        slots.append((_slot_name(key.id), key.max_concurrency, None))
-    if scope is not None and scope.slot is not None:
-        slots.append((*scope.slot, scope.model))
-    for slot, limit, on in slots:
-        if not await limiter.acquire(slot, limit):
-            await _give_back(limiter, admission)
-            # No ratelimit headers: the counts above were taken and just given back.
-            where = f" on {on}, its limit for that model" if on is not None else ", its limit"
-            raise RateLimited(f"This key already has {limit} requests in flight{where}.",
-                              headers={"retry-after": "1"})
-        admission.slots.append(slot)
+    if full is not None:
+        _, limit, on = slots[full]
+        # No ratelimit headers: nothing was taken.
+        where = f" on {on}, its limit for that model" if on is not None else ", its limit"
+        raise RateLimited(f"This key already has {limit} requests in flight{where}.", headers={"retry-after": "1"})
+    admission.takes, admission.untils = charges, [d.reset_at for d in decisions]
+    admission.slots = [name for name, _, _ in slots]
     return admission
 
 
@@ -171,14 +170,6 @@ def _refusal(refused: list[Charge]) -> str:
     return f"This request would exceed {' and '.join(parts)}."
 
 
-async def _give_back(limiter: Limiter, admission: Admission) -> None:
-    for slot in admission.slots:
-        await limiter.release(slot)
-    admission.slots = []
-    await limiter.refund([c.take._replace(until=u) for c, u in zip(admission.takes, admission.untils, strict=True)])
-    admission.takes, admission.untils = [], []
-
-
 async def settle(limiter: Limiter, admission: Admission, input_tokens: int, output_tokens: int) -> None:
     """Give back the estimate above the real counts in every bucket taken from, and the concurrency slots."""
     refunds = []
@@ -188,7 +179,5 @@ async def settle(limiter: Limiter, admission: Admission, input_tokens: int, outp
         used = input_tokens if kind == "itpm" else output_tokens
         if take.cost > used:
             refunds.append(Take(take.name, take.cost - used, take.quota, until))
-    if refunds:
-        await limiter.refund(refunds)
-    for slot in admission.slots:
-        await limiter.release(slot)
+    if refunds or admission.slots:
+        await limiter.finish(refunds, admission.slots)  # one round trip to a shared limiter

@@ -53,12 +53,12 @@ local function num(x) return string.format('%.17g', x) end
 local function ttl(until_) return math.ceil((until_ - now) * 1000) + margin end
 """
 
-# KEYS: the buckets. ARGV[3..]: cost, limit, period, interval for each. Returns, for each bucket: allowed
-# (1/0), remaining, reset_at, retry_after. Writes only when every bucket allows.
-_TAKE = _NOW + """
+# The GCRA over n buckets whose arguments start at ARGV[first]: fills `out` (allowed, remaining, reset_at,
+# retry_after for each) and `tats`, and sets `refused`. Writes nothing.
+_BUCKETS = """
 local out, tats, refused = {}, {}, false
-for i = 1, #KEYS do
-  local j = 3 + (i - 1) * 4
+for i = 1, n do
+  local j = first + (i - 1) * 4
   local cost, limit = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
   local period, interval = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
   local base = math.max(tonumber(redis.call('GET', KEYS[i])) or now, now)
@@ -80,6 +80,13 @@ for i = 1, #KEYS do
     out[o + 3], out[o + 4] = num(tat), '0'
   end
 end
+"""
+
+# KEYS: the buckets. ARGV[3..]: cost, limit, period, interval for each. Returns, for each bucket: allowed
+# (1/0), remaining, reset_at, retry_after. Writes only when every bucket allows.
+_TAKE = _NOW + """
+local n, first = #KEYS, 3
+""" + _BUCKETS + """
 if not refused then
   for i = 1, #KEYS do
     redis.call('SET', KEYS[i], num(tats[i]), 'PX', ttl(tats[i]))
@@ -88,18 +95,25 @@ end
 return out
 """
 
-# KEYS: the buckets. ARGV[3..]: seconds to give back, and the take's reset_at (or empty) for each.
-_REFUND = _NOW + """
-for i = 1, #KEYS do
+# Refunds to n buckets whose arguments (seconds to give back, and the take's reset_at or empty) start at
+# ARGV[first].
+_REFUNDS = """
+for i = 1, n do
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat then
-    local j = 3 + (i - 1) * 2
+    local j = first + (i - 1) * 2
     local seconds, until_ = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
     if until_ then seconds = math.min(seconds, math.max(0, until_ - now)) end
     tat = math.max(now, tat - seconds)
     redis.call('SET', KEYS[i], num(tat), 'PX', ttl(tat))
   end
 end
+"""
+
+# KEYS: the buckets. ARGV[3..]: seconds to give back, and the take's reset_at (or empty) for each.
+_REFUND = _NOW + """
+local n, first = #KEYS, 3
+""" + _REFUNDS + """
 return 0
 """
 
@@ -116,6 +130,51 @@ return 1
 """
 
 
+# KEYS: n buckets, then m slots. ARGV[3], ARGV[4]: n and m; then cost, limit, period, interval for each bucket;
+# then limit, lease seconds and lease id for each slot. A take and a request's concurrency slots in one step:
+# the buckets' answers as _TAKE gives them, then the number (from 1) of the first slot found full, or 0.
+# Nothing is written unless every bucket allows and every slot has room.
+_ADMIT = _NOW + """
+local n, m, first = tonumber(ARGV[3]), tonumber(ARGV[4]), 5
+""" + _BUCKETS + """
+local full = 0
+if not refused then
+  for s = 1, m do
+    local key = KEYS[n + s]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now))
+    if redis.call('ZCARD', key) >= tonumber(ARGV[5 + n * 4 + (s - 1) * 3]) then
+      full = s
+      break
+    end
+  end
+  if full == 0 then
+    for i = 1, n do
+      redis.call('SET', KEYS[i], num(tats[i]), 'PX', ttl(tats[i]))
+    end
+    for s = 1, m do
+      local j = 5 + n * 4 + (s - 1) * 3
+      local key = KEYS[n + s]
+      redis.call('ZADD', key, num(now + tonumber(ARGV[j + 1])), ARGV[j + 2])
+      local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      redis.call('PEXPIRE', key, ttl(tonumber(last[2])))
+    end
+  end
+end
+out[#out + 1] = full
+return out
+"""
+# KEYS: n buckets to refund, then slots. ARGV[3]: n; then seconds and reset_at (or empty) for each bucket; then
+# the lease id held in each slot. A request's refunds and the end of its leases, in one step.
+_FINISH = _NOW + """
+local n, first = tonumber(ARGV[3]), 4
+""" + _REFUNDS + """
+for s = n + 1, #KEYS do
+  redis.call('ZREM', KEYS[s], ARGV[4 + n * 2 + (s - n - 1)])
+end
+return 0
+"""
+
+
 class RedisLimiter:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX, clock: Callable[[], float] | None = None,
                  lease: float = DEFAULT_LEASE, owns_client: bool = False) -> None:
@@ -129,6 +188,8 @@ class RedisLimiter:
         self._take = client.register_script(_TAKE)
         self._refund = client.register_script(_REFUND)
         self._acquire = client.register_script(_ACQUIRE)
+        self._admit = client.register_script(_ADMIT)
+        self._finish = client.register_script(_FINISH)
         # Lease ids are unique across replicas; each replica releases only the leases it holds itself.
         self._lease_ids = (f"{uuid.uuid4().hex[:12]}:{n}" for n in itertools.count())
         self._held: dict[str, list[str]] = {}
@@ -159,6 +220,10 @@ class RedisLimiter:
         for t in takes:
             args += (t.cost, t.quota.limit, t.quota.period, t.quota.interval)
         raw = await self._take(keys=[f"{self.prefix}rate:{t.name}" for t in takes], args=args)
+        return self._decisions(raw, takes)
+
+    @staticmethod
+    def _decisions(raw: list[Any], takes: Sequence[Take]) -> list[Decision]:
         decisions = [Decision(raw[i] == 1, t.quota.limit, int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]))
                      for i, t in zip(range(0, len(raw), 4), takes, strict=True)]
         allowed = sum(d.allowed for d in decisions)
@@ -166,6 +231,35 @@ class RedisLimiter:
             # As in MemoryLimiter: the limits that would have allowed report what they still hold.
             decisions = [_unspent(d, t) if d.allowed else d for d, t in zip(decisions, takes, strict=True)]
         return decisions
+
+    async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
+        leases = [next(self._lease_ids) for _ in slots]
+        args: list[str | int | float] = [self._now(), TTL_MARGIN_MS, len(takes), len(slots)]
+        for t in takes:
+            args += (t.cost, t.quota.limit, t.quota.period, t.quota.interval)
+        for (_, limit), lease_id in zip(slots, leases, strict=True):
+            args += (limit, self.lease, lease_id)
+        keys = [f"{self.prefix}rate:{t.name}" for t in takes] + [f"{self.prefix}slot:{name}" for name, _ in slots]
+        raw = await self._admit(keys=keys, args=args)
+        full = int(raw[-1])
+        decisions = self._decisions(raw[:-1], takes)
+        if full or not all(d.allowed for d in decisions):
+            return decisions, full - 1 if full else None
+        for (name, _), lease_id in zip(slots, leases, strict=True):
+            self._held.setdefault(name, []).append(lease_id)
+        return decisions, None
+
+    async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
+        refunds = [t for t in refunds if t.cost > 0]
+        held = [(name, self._held[name].pop()) for name in slots if self._held.get(name)]
+        if not refunds and not held:
+            return
+        args: list[str | int | float] = [self._now(), TTL_MARGIN_MS, len(refunds)]
+        for t in refunds:
+            args += (t.cost * t.quota.interval, "" if t.until is None else t.until)
+        args += [lease_id for _, lease_id in held]
+        keys = [f"{self.prefix}rate:{t.name}" for t in refunds] + [f"{self.prefix}slot:{name}" for name, _ in held]
+        await self._finish(keys=keys, args=args)
 
     async def refund(self, takes: Sequence[Take]) -> None:
         takes = [t for t in takes if t.cost > 0]
