@@ -9,13 +9,13 @@ store; the wallet's own ledger entries go out in the usage ledger's batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from tollway.accounting.pricing import reserve_nanousd
+from tollway.accounting.refresher import Refresher
 from tollway.accounting.wallet import Hold, MemoryWallet, Refusal, period_of, period_start
 from tollway.errors import BillingError, InvalidRequest
 from tollway.protocol.catalog import Prices
@@ -36,7 +36,6 @@ class Funds:
     def __init__(self, store: SQLStore, sink: Callable[[LedgerEntry], None], refresh_interval: float,
                  clock: Callable[[], float] | None = None) -> None:
         self._store = store
-        self._interval = refresh_interval
         self.wallet = MemoryWallet(sink) if clock is None else MemoryWallet(sink, clock)
         self._names: dict[str, str] = {}
         self._accounts_of: dict[str, str] = {}
@@ -47,7 +46,8 @@ class Funds:
         self._needs_spend: set[str] = set()
         """Owners whose spend must be loaded; kept until a load succeeds."""
         self._last_sync: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reloads = Refresher("tollway-funds-refresh", refresh_interval, self.refresh, log,
+                                  "reloading budgets and top-ups failed; using what is already loaded")
         # One refresh at a time: two reading the same new top-ups would both credit them.
         self._refreshing = asyncio.Lock()
 
@@ -56,13 +56,10 @@ class Funds:
     async def start(self) -> None:
         await self._release_orphans()
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="tollway-funds-refresh")
+        self._reloads.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._reloads.close()
 
     async def _release_orphans(self) -> None:
         """Give back what requests cut off by the last stop still hold. Their usage rows were lost with
@@ -166,30 +163,23 @@ class Funds:
             for owner, figures in spend.items():
                 wallet.set_spent(owner, figures)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("reloading budgets and top-ups failed; using what is already loaded")
-
     # -- the request path ------------------------------------------------------------------------------
+
+    def _unloaded(self, key: KeyRecord) -> bool:
+        """A key (or its account) this process has not loaded yet: made a moment ago by another process."""
+        purses = self.wallet.purses
+        return key.id not in purses or (key.account_id is not None and key.account_id not in purses)
 
     def limited(self, key: KeyRecord) -> bool:
         """Whether the request must go through the wallet: a money limit on its key or account, or a key
-        not loaded yet (made a moment ago by another process)."""
-        purses = self.wallet.purses
-        if key.id not in purses or (key.account_id is not None and key.account_id not in purses):
-            return True
-        return self.wallet.limited((key.id, key.account_id))
+        not loaded yet."""
+        return self._unloaded(key) or self.wallet.limited((key.id, key.account_id))
 
     async def reserve(self, request_id: str, key: KeyRecord, prices: Prices | None, body_size: int, fetches: bool,
                       max_tokens: int, max_input_tokens: int | None, images: int = 0) -> Hold | None:
         """Reserve the most this request can cost, or raise the error Anthropic gives when money runs out,
         having reserved nothing. None when the request costs nothing (its model has no price)."""
-        purses = self.wallet.purses
-        if key.id not in purses or (key.account_id is not None and key.account_id not in purses):
+        if self._unloaded(key):
             await self._load(key)
         if prices is None:
             return None

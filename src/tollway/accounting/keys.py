@@ -8,14 +8,13 @@ takes effect within ``key_refresh_interval`` seconds on every process, with no q
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fnmatch
 import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from tollway.accounting.refresher import Refresher
 from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, SQLStore
 
 PREFIX = "tw-"
@@ -52,21 +51,18 @@ class KeyCache:
 
     def __init__(self, store: SQLStore, refresh_interval: float) -> None:
         self._store = store
-        self._interval = refresh_interval
         self._by_hash: dict[str, KeyRecord] = {}
         self._missing: set[str] = set()
         self._last: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reloads = Refresher("tollway-key-refresh", refresh_interval, self.refresh, log,
+                                  "reloading keys failed; serving the keys already loaded")
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="tollway-key-refresh")
+        self._reloads.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._reloads.close()
 
     async def refresh(self) -> None:
         started = datetime.now(UTC)
@@ -79,14 +75,6 @@ class KeyCache:
         self._last = started
         # Hashes that missed are forgotten on each pass, so a key created meanwhile is found.
         self._missing.clear()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("reloading keys failed; serving the keys already loaded")
 
     async def lookup(self, secret: str) -> KeyRecord | None:
         digest = hash_secret(secret)
