@@ -14,9 +14,60 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
+# Where the scale-out rows (run.py's tollway-shared, replicas.py) find PostgreSQL and Redis; they are skipped
+# or fail when these are not reachable.
+BENCH_POSTGRES = os.environ.get("TOLLWAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BENCH_REDIS = os.environ.get("TOLLWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Limits and money far above what the bench uses: every request pays for the checks (three buckets and a
+# concurrency slot, a prepaid balance and a daily cap: reserve, settle, two ledger entries), none is refused.
+LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000",
+               "--budget-usd", "1000000", "--cap-usd", "1000000", "--period", "day"]
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # A SIGTERM to the harness must still run the finally that stops the servers.
+    raise KeyboardInterrupt
+
+
+def git_commit(repo: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def bench_database(database: str) -> tuple[str | None, str]:
+    """A fresh PostgreSQL database on BENCH_POSTGRES's server: its URL, or None and why not."""
+    import asyncio
+    import atexit
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    admin = BENCH_POSTGRES.replace("postgresql://", "postgres://")
+
+    async def run(*statements: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    drop = f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    try:
+        asyncio.run(run(drop, f"CREATE DATABASE {database}"))
+        # Dropped when the bench exits, after its servers are stopped.
+        atexit.register(lambda: asyncio.run(run(drop)))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return None, f"PostgreSQL at {BENCH_POSTGRES} unavailable: {exc}"
+    return BENCH_POSTGRES.rsplit("/", 1)[0] + f"/{database}", ""
 
 
 def _die_with_parent() -> None:

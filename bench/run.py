@@ -21,7 +21,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -40,11 +39,16 @@ from loadgen import (
     run_load,
 )
 from procs import (
+    BENCH_REDIS,
     CLK_TCK,
+    LIMITED_KEY,
     Server,
+    bench_database,
     cpu_sample,
     create_tollway_key,
     free_port,
+    git_commit,
+    raise_interrupt,
     tollway_candidates,
     wait_http_ok,
     wait_tcp,
@@ -57,13 +61,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
 TARGETS = ("direct", "relay", "tollway", "tollway-limited", "tollway-shared", "direct-openai", "tollway-openai")
 # tollway-shared: the tollway-limited row on PostgreSQL and Redis (what scale-out costs a replica); it is
-# skipped when they are not reachable at these addresses.
-BENCH_POSTGRES = os.environ.get("TOLLWAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-BENCH_REDIS = os.environ.get("TOLLWAY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-# Limits and money far above what the bench uses: every request pays for the checks (three buckets and a
-# concurrency slot, a prepaid balance and a daily cap: reserve, settle, two ledger entries), none is refused.
-LIMITED_KEY = ["--rpm", "100000000", "--itpm", "2000000000", "--otpm", "2000000000", "--max-concurrency", "100000",
-               "--budget-usd", "1000000", "--cap-usd", "1000000", "--period", "day"]
+# skipped when they are not reachable at procs.BENCH_POSTGRES and procs.BENCH_REDIS.
 MODES = ("non-stream", "stream")
 
 
@@ -104,11 +102,6 @@ def parse_args() -> argparse.Namespace:
     if args.requests_c1 is None:
         args.requests_c1 = max(1, args.requests // 4)
     return args
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # A SIGTERM to the harness must still run the finally that stops the servers.
-    raise KeyboardInterrupt
 
 
 def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> tuple[list[Target], dict[str, str]]:
@@ -175,30 +168,9 @@ def start_gateway(
 
 def start_shared(tmp: Path, fake_port: int, servers: list[Server], py: str) -> tuple[Target | None, str]:
     """A second Tollway on a fresh PostgreSQL database and Redis limits, with the same limited key."""
-    import asyncio
-    import atexit
-
-    import asyncpg  # type: ignore[import-untyped]
-
-    database = f"tollway_bench_{os.getpid()}"
-    admin = BENCH_POSTGRES.replace("postgresql://", "postgres://")
-
-    async def run(*statements: str) -> None:
-        conn = await asyncpg.connect(admin, timeout=5)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    drop = f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-    try:
-        asyncio.run(run(drop, f"CREATE DATABASE {database}"))
-        # Dropped when the bench exits, after its servers are stopped.
-        atexit.register(lambda: asyncio.run(run(drop)))
-    except (OSError, asyncpg.PostgresError) as exc:
-        return None, f"PostgreSQL at {BENCH_POSTGRES} unavailable: {exc}"
-    storage = BENCH_POSTGRES.rsplit("/", 1)[0] + f"/{database}"
+    storage, why = bench_database(f"tollway_bench_{os.getpid()}")
+    if storage is None:
+        return None, why
     port = free_port()
     config = tmp / "tollway-shared.toml"
     write_tollway_config(config, tmp, port, fake_port, storage_url=storage, limits_url=BENCH_REDIS)
@@ -333,19 +305,9 @@ async def measure(targets: list[Target], fake: Server, args: argparse.Namespace)
     return cells
 
 
-def git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     servers: list[Server] = []
     keep_tmp = args.keep_tmp
@@ -361,7 +323,7 @@ def main() -> int:
         print("\n" + markdown(cells, rat, trans, skipped, meter, shared) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(),
+            "commit": git_commit(REPO),
             "python": platform.python_version(),
             "cores": os.cpu_count(),
             "clk_tck": CLK_TCK,
