@@ -3,8 +3,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import anthropic
 import pytest
+import redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -195,6 +198,20 @@ class PostgresDatabases:
         self.names.append(name)
         return pg_database_url(self.server, name)
 
+    def create_migrated(self, label: str) -> str:
+        """A new database brought to the current schema, as `tollway migrate` does before replicas start."""
+        url = self.create(label)
+
+        async def migrate() -> None:
+            store = open_store(url)
+            try:
+                await store.migrate()
+            finally:
+                await store.close()
+
+        _in_thread(migrate())
+        return url
+
     def drop_all(self) -> None:
         for name in self.names:
             _in_thread(_pg_admin(self.server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -266,3 +283,47 @@ def secret(gateway: Gateway) -> str:
 @pytest.fixture()
 def client(gateway: Gateway, secret: str) -> anthropic.Anthropic:
     return gateway.client(secret)
+
+
+# The Redis server for tests: ``$TOLLWAY_TEST_REDIS_URL`` (default: the local one). Each test gets keys of its own
+# under a fresh prefix, deleted afterwards. Without a reachable Redis those tests skip and say why, except
+# under CI (``$CI`` set), where they fail: there a missing Redis is a broken setup, not a choice.
+REDIS_URL = os.environ.get("TOLLWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@functools.cache
+def redis_problem() -> str | None:
+    """Why the test Redis cannot be used, or None when it answers. Asked once per run."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    problem = redis_problem()
+    if problem is not None:
+        message = f"Redis at {REDIS_URL} is unreachable ({problem}); set TOLLWAY_TEST_REDIS_URL or start redis-server"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted after the test."""
+    prefix = f"tollway-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -130,7 +130,7 @@ async def test_topups_and_budget_changes_from_another_process_arrive_on_refresh(
         await funds.close()
 
 
-async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore) -> None:
+async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
     key = await make_key(store, "frank")
     await store.topup(key.id, 1_000_000_000)
     ledger = UsageLedger(store, 3600)
@@ -141,6 +141,16 @@ async def test_a_restart_releases_what_cut_off_requests_held(store: SQLStore) ->
     await funds.close()
     balances, _ = await store.balances()
     assert balances[key.id] == 1_000_000_000 - RESERVE
+
+    if store.dialect != "sqlite":
+        # Replicas share this store: a young open reserve may be a request another one is serving still.
+        young = await started(store, UsageLedger(store, 3600))
+        try:
+            assert young.wallet.purses[key.id].balance == 1_000_000_000 - RESERVE
+            assert len(await store.open_reserves()) == 1
+        finally:
+            await young.close()
+        monkeypatch.setattr(Funds, "ORPHAN_AGE", 0.0)  # now it is old enough to have been cut off
 
     again = await started(store, UsageLedger(store, 3600))
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -13,23 +12,13 @@ import pytest
 
 from tests.conftest import Gateway, PostgresDatabases, Upstream, gateway_config
 from tollway.config import StorageConfig
-from tollway.store import open_store
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
 def replicas(upstream: Upstream, postgres_databases: PostgresDatabases) -> Iterator[tuple[Gateway, Gateway]]:
-    url = postgres_databases.create("replicas")
-
-    async def migrate() -> None:  # as `tollway migrate` does once, before the replicas start
-        store = open_store(url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    asyncio.run(migrate())
+    url = postgres_databases.create_migrated("replicas")
     base = gateway_config(upstream.url, Path("unused.db"))  # its storage is replaced below
     config = dataclasses.replace(base, storage=StorageConfig(url=url, flush_interval=0.05, key_refresh_interval=1.0))
     first, second = Gateway(config), Gateway(config)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
@@ -83,6 +83,8 @@ class Hold(NamedTuple):
     request_id: str
     amount: int
     owners: tuple[tuple[str, bool], ...]
+    tokens: tuple[str, ...] = ()
+    """For a shared wallet: the seed of each owner's state the reserve was taken from."""
 
 
 class Refusal(NamedTuple):
@@ -96,7 +98,33 @@ class Refusal(NamedTuple):
     """When a cap's period ends."""
 
 
+class Seed(NamedTuple):
+    """An owner's money as the store has it, for a new hash."""
+
+    balance: int
+    """The ledger's sum over top-ups and closed requests."""
+    topup_mark: int
+    """The id of the last top-up counted in ``balance``."""
+    spent: dict[str, int]
+    """Settled spend by period label (the current day's and month's)."""
+    stored: frozenset[str]
+    """Of the late requests asked about, those whose rows the store has."""
+
+
+SeedSource = Callable[[str, Sequence[str]], Awaitable[Seed]]
+
+
 class Wallet(Protocol):
+    """Where balances and caps live: this process (`MemoryWallet`) or Redis, shared by every replica
+    (`tollway.accounting.shared_wallet.SharedWallet`). Budgets are held by each process either way."""
+
+    def set_budget(self, owner: str, budget: Budget) -> None: ...
+
+    def budget(self, owner: str) -> Budget: ...
+
+    def known(self, owner: str) -> bool:
+        """Whether this owner's budget has been loaded."""
+
     def limited(self, owners: Iterable[str | None]) -> bool:
         """Whether any of these owners has a money limit (otherwise requests skip the wallet)."""
 
@@ -123,6 +151,13 @@ class MemoryWallet:
         if purse is None:
             purse = self.purses[owner] = Purse()
         return purse
+
+    def budget(self, owner: str) -> Budget:
+        purse = self.purses.get(owner)
+        return UNLIMITED if purse is None else purse.budget
+
+    def known(self, owner: str) -> bool:
+        return owner in self.purses
 
     def set_budget(self, owner: str, budget: Budget) -> None:
         purse = self.purse(owner)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -12,6 +13,7 @@ from aiohttp import web
 from tollway.accounting.funds import Funds
 from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
+from tollway.accounting.wallet import SeedSource
 from tollway.api.admin import mount_admin
 from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
@@ -24,6 +26,9 @@ from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import open_store
 
+if TYPE_CHECKING:
+    from tollway.accounting.shared_wallet import SharedWallet
+
 log = logging.getLogger("tollway")
 
 
@@ -33,9 +38,16 @@ async def healthz(request: web.Request) -> web.Response:
     limits = {"backend": "memory"} if shared is None else {
         "backend": "redis", "shared": shared, "outages": getattr(services.limiter, "outages", 0)}
     body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending,
-            "limits": limits,
+            "limits": limits, "balances": _balances(services),
             "upstreams": services.health.snapshot(services.table.key_counts())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _balances(services: Services) -> dict[str, object]:
+    shared = services.funds.shared
+    if shared is None:
+        return {"backend": "memory"}
+    return {"backend": "redis", "outages": shared.outages, "unsettled": shared.unsettled}
 
 
 def create_app(config: Config) -> web.Application:
@@ -64,6 +76,24 @@ def _limiter(config: Config) -> Limiter:
     return FallbackLimiter(shared, retry_delay=config.limits.retry_delay)
 
 
+def _shared_wallet(config: Config, ledger: UsageLedger) -> Callable[[SeedSource], SharedWallet] | None:
+    url = config.limits.url
+    if url is None:
+        return None
+    from tollway.accounting.shared_wallet import SharedWallet
+    from tollway.limits.redis import connect
+
+    # No owner is seeded after Redis lost its state until every replica has flushed what it spent against
+    # the old state: two flushes, and a margin for a settle that waits for Redis to answer again.
+    grace = 2 * config.storage.flush_interval + 2.0
+
+    def make(seed: SeedSource) -> SharedWallet:
+        return SharedWallet(connect(url, timeout=config.limits.timeout), seed, ledger.entry,
+                            prefix=config.limits.prefix, grace=grace, owns_client=True)
+
+    return make
+
+
 def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.storage)
@@ -73,7 +103,7 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         keys = KeyCache(store, config.storage.key_refresh_interval)
         ledger = UsageLedger(store, config.storage.flush_interval)
         table = RoutingTable(config)
-        funds = Funds(store, ledger.entry, config.storage.key_refresh_interval)
+        funds = Funds(store, ledger.entry, config.storage.key_refresh_interval, shared=_shared_wallet(config, ledger))
         await keys.start()
         await ledger.start()
         await funds.start()

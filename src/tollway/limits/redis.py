@@ -175,6 +175,14 @@ return 0
 """
 
 
+def connect(url: str, *, timeout: float = 1.0, max_connections: int = 50) -> Redis:
+    """A client for calls on the request path (see `RedisLimiter.from_url` for the choices)."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
+                                           socket_timeout=timeout, socket_connect_timeout=timeout,
+                                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return Redis.from_pool(pool)
+
+
 class RedisLimiter:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX, clock: Callable[[], float] | None = None,
                  lease: float = DEFAULT_LEASE, owns_client: bool = False) -> None:
@@ -203,10 +211,7 @@ class RedisLimiter:
         rather than ten times with backoff; a timeout is not retried, since the script may have run and a
         second take would charge twice. The pool waits for a free connection (up to ``timeout``) where the
         default one would fail a burst of more calls than it has connections."""
-        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
-                                               socket_timeout=timeout, socket_connect_timeout=timeout,
-                                               retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-        return cls(Redis.from_pool(pool), owns_client=True, **kwargs)
+        return cls(connect(url, timeout=timeout, max_connections=max_connections), owns_client=True, **kwargs)
 
     async def close(self) -> None:
         if self._owns_client:

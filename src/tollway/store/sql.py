@@ -449,6 +449,16 @@ class SQLStore:
                 out.append(UsageRecord(**values))
             return out
 
+    async def stored_requests(self, request_ids: Sequence[str]) -> frozenset[str]:
+        """Which of these requests have their usage row stored (and with it their ledger entries)."""
+        u = schema.usage
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for start in range(0, len(request_ids), 1000):
+                chunk = list(request_ids[start:start + 1000])
+                found.update(r[0] for r in await conn.execute(select(u.c.request_id).where(u.c.request_id.in_(chunk))))
+        return frozenset(found)
+
     async def usage_summary(self, key: str | None = None, since: datetime | None = None,
                             by: Sequence[str] = ("key", "model")) -> list[UsageSummary]:
         """Requests, errors, tokens and cost, grouped ``by`` any of key, model, upstream and day (UTC);

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from tollway.accounting.wallet import period_of
+from tollway.accounting.wallet import Purse, period_of
 from tollway.api.context import SERVICES, Services
 from tollway.config import LIMIT_FIELDS
 from tollway.errors import NotFound
@@ -67,25 +67,27 @@ class Balances:
     """Owners' money as the running gateway holds it, else, for an owner it has not loaded yet, the sum of
     the owner's ledger in the store (with nothing known of what is held or spent)."""
 
-    def __init__(self, s: Services, stored: dict[str, int]) -> None:
-        self._wallet = s.funds.wallet
+    def __init__(self, now: datetime, live: dict[str, Purse], stored: dict[str, int]) -> None:
+        self._now = now
+        self._live = live
         self._stored = stored
 
     @classmethod
     async def load(cls, s: Services, owners: Iterable[str]) -> Balances:
-        purses = s.funds.wallet.purses
+        owners = list(owners)
+        live = await s.funds.snapshot(owners)
         # Summing the whole ledger is the slow path: only when some owner has no live purse.
-        missing = any(owner not in purses for owner in owners)
-        return cls(s, (await s.store.balances())[0] if missing else {})
+        missing = any(owner not in live for owner in owners)
+        return cls(s.funds.now(), live, (await s.store.balances())[0] if missing else {})
 
     def view(self, owner: str) -> View:
-        purse = self._wallet.purses.get(owner)
+        purse = self._live.get(owner)
         if purse is None:
             return {"source": "store", **money("balance", self._stored.get(owner, 0)), **money("held", None),
                     **money("spent", None), "period": None}
         # Spending is counted only for owners with a money limit; a new period starts from zero before any
         # request has rolled the purse over.
-        period = period_of(self._wallet.now(), purse.budget.cap_period) if purse.budget.limited else None
+        period = period_of(self._now, purse.budget.cap_period) if purse.budget.limited else None
         spent = None if period is None else purse.spent if purse.period == period else 0
         return {"source": "live", **money("balance", purse.balance), **money("held", purse.held),
                 **money("spent", spent), "period": period}
