@@ -66,6 +66,8 @@ class Funds:
         else:
             self._money = self.shared = shared(self._seed)
         self._last_sweep = 0.0
+        self._totals: tuple[float, dict[str, dict[str, int]]] = (0.0, {})
+        """When the spend was last summed, and its sums by period label and owner (see `_spend`)."""
         self._names: dict[str, str] = {}
         self._accounts_of: dict[str, str] = {}
         """Key id to account id, to add up an account's spend over its keys."""
@@ -153,9 +155,10 @@ class Funds:
             assert self.shared is not None
             # Each top-up is applied to Redis once whichever replicas read it (the hash keeps a mark), so
             # a replica starting reads them all: one that came while no replica ran is not missed.
-            for entry_id, entry in await self._store.ledger_entries(kinds=("topup",), after_id=self._last_entry):
-                await self.shared.credit(entry_id, entry.owner, entry.amount_nanousd)
-                self._last_entry = entry_id
+            topups = await self._store.ledger_entries(kinds=("topup",), after_id=self._last_entry)
+            if topups:
+                await self.shared.credit(topups)
+                self._last_entry = topups[-1][0]
         elif self._last_sync is None:
             balances, self._last_entry = await self._store.balances()
             for owner, balance in balances.items():
@@ -182,23 +185,27 @@ class Funds:
             self._needs_spend.discard(owner)
         self._last_sync = started
 
-    async def _spend(self, owners: set[str]) -> dict[str, dict[str, int]]:
+    async def _spend(self, owners: set[str], reuse: float = 0.0) -> dict[str, dict[str, int]]:
         """What these owners spent in the current day and month, from the stored usage rows (rows still
-        waiting for the next batch are not in it: at most ``flush_interval`` of traffic)."""
+        waiting for the next batch are not in it: at most ``flush_interval`` of traffic). With ``reuse``, a
+        reading up to that many seconds old does: after Redis restarts, every owner is seeded at once, and
+        each would otherwise sum the month's rows."""
         now = datetime.now(UTC) if self._memory is None else self._memory.now()
-        spend: dict[str, dict[str, int]] = {owner: {} for owner in owners}
-        for period in ("day", "month"):
-            start = period_start(now, period)
-            per_key = await self._store.spend_by_key(start)
-            totals = dict(per_key)
-            for key_id, cost in per_key.items():
-                account = self._accounts_of.get(key_id)
-                if account is not None:
-                    totals[account] = totals.get(account, 0) + cost
-            label = period_of(start, period)
-            for owner in owners:
-                spend[owner][label] = totals.get(owner, 0)
-        return spend
+        taken, totals = self._totals
+        if not reuse or time.monotonic() - taken > reuse or set(totals) != {period_of(now, "day"),
+                                                                             period_of(now, "month")}:
+            totals = {}
+            for period in ("day", "month"):
+                start = period_start(now, period)
+                per_key = await self._store.spend_by_key(start)
+                owned = dict(per_key)
+                for key_id, cost in per_key.items():
+                    account = self._accounts_of.get(key_id)
+                    if account is not None:
+                        owned[account] = owned.get(account, 0) + cost
+                totals[period_of(start, period)] = owned
+            self._totals = (time.monotonic(), totals)
+        return {owner: {label: owned.get(owner, 0) for label, owned in totals.items()} for owner in owners}
 
     async def _load(self, key: KeyRecord) -> None:
         """Bring a key (and its account) this process has not loaded yet, made since the last refresh, into
@@ -244,7 +251,7 @@ class Funds:
         closed = {e.request_id for _, e in entries if e.kind in ("settle", "release")}
         balance = sum(e.amount_nanousd for _, e in entries if e.kind != "reserve" or e.request_id in closed)
         mark = max((i for i, e in entries if e.kind == "topup"), default=0)
-        spent = (await self._spend({owner}))[owner]
+        spent = (await self._spend({owner}, reuse=0.25))[owner]
         return Seed(balance, mark, spent, frozenset(stored))
 
     def _unloaded(self, key: KeyRecord) -> bool:

@@ -200,6 +200,7 @@ class SharedWallet:
         self._take_back = client.register_script(_TAKE_BACK)
         self._set_spent = client.register_script(_SET_SPENT)
         self._unsettled: list[Unsettled] = []
+        self._seeding: dict[str, asyncio.Future[None]] = {}
         self._retrying: asyncio.Task[None] | None = None
         self.outages = 0
 
@@ -365,7 +366,15 @@ class SharedWallet:
     # -- seeding and keeping in step with the store ----------------------------------------------------
 
     async def seed(self, owner: str) -> None:
-        """Make ``owner``'s hash from the store, unless another replica has just made it."""
+        """Make ``owner``'s hash from the store, unless another replica has just made it. Requests of one
+        owner arriving together wait for one seed rather than each reading the store."""
+        pending = self._seeding.get(owner)
+        if pending is None:
+            pending = self._seeding[owner] = asyncio.ensure_future(self._seed_once(owner))
+            pending.add_done_callback(lambda _: self._seeding.pop(owner, None))
+        await asyncio.shield(pending)
+
+    async def _seed_once(self, owner: str) -> None:
         late = [k.decode() for k in await self._guard(self.client.hkeys(self._late(owner)))]
         seed = await self._seed_source(owner, late)
         day, month = self._labels(self._clock())
@@ -386,9 +395,14 @@ class SharedWallet:
             raise Overloaded("Balances cannot be checked right now; please retry shortly.",
                              headers={"retry-after": "1"}) from exc
 
-    async def credit(self, entry_id: int, owner: str, amount: int) -> None:
-        """A top-up read from the store. Owners with no hash yet get it in their seed."""
-        await self._credit(keys=[self._key(owner)], args=[entry_id, amount, -amount])
+    async def credit(self, topups: Sequence[tuple[int, LedgerEntry]]) -> None:
+        """Top-ups read from the store, in id order, in one round trip. Owners with no hash yet get them in
+        their seed."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, entry in topups:
+            await self._credit(keys=[self._key(entry.owner)], args=[entry_id, entry.amount_nanousd,
+                                                                    -entry.amount_nanousd], client=pipe)
+        await pipe.execute()
 
     async def take_back(self, owner: str, amount: int, write: Callable[[], Awaitable[object]]) -> bool:
         """As `tollway.accounting.funds.Funds.take_back`, on the shared balance."""
