@@ -1,26 +1,30 @@
 """The durable store on SQLAlchemy Core: keys, accounts, usage rows and the money ledger.
 
-Nothing here runs on a request's path: keys and balances are read into memory in bulk, usage rows and
-ledger entries are written in batches.
+Almost nothing here runs on a request's path: keys and balances are read into memory in bulk, usage rows and
+ledger entries are written in batches. What does (a key this process has not loaded yet, the admin API) meets
+a database that cannot be reached as `StoreUnavailable`, an Anthropic-shaped 529 the SDKs retry, within
+``connect_timeout`` at most: never a traceback or a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Table, func, insert, inspect, or_, select, text, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import String
 
 from tollway.config import storage_url_problem
-from tollway.errors import ConfigError
+from tollway.errors import ConfigError, Overloaded
 from tollway.store import schema
 from tollway.store.records import AccountRecord, Budget, KeyRecord, LedgerEntry, UsageRecord, UsageSummary
 
@@ -41,6 +45,39 @@ _MIGRATION_LOCK = 0x746F6C6C776179
 # reader passed that id, and never be counted: top-ups hold this lock from before their id is drawn until
 # their commit, and those readers wait for it (in shared mode, so they do not wait for each other).
 _TOPUP_LOCK = _MIGRATION_LOCK + 1
+CONNECT_TIMEOUT = 5.0
+"""Seconds a new PostgreSQL connection may take (asyncpg's own default is 60): bounds how long anything waits
+on a database that does not answer."""
+
+
+class StoreUnavailable(Overloaded):
+    """The database cannot be reached (stopped, restarting, out of connections, not answering). Rendered as
+    Anthropic's 529 ``overloaded_error`` with ``retry-after``, which the SDKs and Claude Code retry."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("The gateway's database cannot be reached right now; please retry shortly.",
+                         headers={"retry-after": "2"})
+        self.cause = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the database could not be reached or the connection was lost, rather than a
+    statement it refused (a constraint, a missing table: those are not outages, and keep their type)."""
+    import asyncpg  # type: ignore[import-untyped]  # here, on the error path: a SQLite process never loads it
+
+    lost = (OSError, sa_exc.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (StoreUnavailable, *lost)):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) and id(orig) not in seen else current.__cause__
+    return False
 
 
 def async_url(url: str) -> str:
@@ -177,8 +214,10 @@ class SQLStore:
         return str(self.engine.dialect.name)
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 10, max_overflow: int = 5) -> SQLStore:
-        """A store on ``url``; the pool sizes apply to PostgreSQL (SQLite keeps SQLAlchemy's own pool)."""
+    def open(cls, url: str, *, pool_size: int = 10, max_overflow: int = 5,
+             connect_timeout: float = CONNECT_TIMEOUT) -> SQLStore:
+        """A store on ``url``; the pool sizes and the connect timeout apply to PostgreSQL (SQLite keeps
+        SQLAlchemy's own pool)."""
         target = async_url(url)
         if url.startswith(SQLITE_PREFIX):
             path = Path(url.removeprefix(SQLITE_PREFIX))
@@ -187,10 +226,34 @@ class SQLStore:
             return cls(create_async_engine(target))
         # pre_ping: a pooled connection that a database restart or a proxy's idle timeout closed is replaced
         # rather than failing a batch write; one round trip per checkout, and no checkout is on a request's path.
-        return cls(create_async_engine(target, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True))
+        return cls(create_async_engine(target, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                                       pool_timeout=connect_timeout, connect_args={"timeout": connect_timeout}))
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; a database out of reach raises `StoreUnavailable`."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as error:
+            if unreachable(error) and not isinstance(error, StoreUnavailable):
+                raise StoreUnavailable(error) from error
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed at the end; a database out of reach raises
+        `StoreUnavailable` (the transaction then may or may not have committed, as with any lost commit)."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except Exception as error:
+            if unreachable(error) and not isinstance(error, StoreUnavailable):
+                raise StoreUnavailable(error) from error
+            raise
 
     # -- schema -------------------------------------------------------------------------------------
 
@@ -209,7 +272,7 @@ class SQLStore:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if self.dialect == "sqlite":
                 # WAL lets the CLI read usage while the server writes it.
                 await conn.execute(text("PRAGMA journal_mode=WAL"))
@@ -221,7 +284,7 @@ class SQLStore:
 
     async def revision(self) -> str | None:
         """The schema revision the database is at; None for a database Tollway never migrated."""
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return await conn.run_sync(_current_revision)
 
     async def ensure_current(self, *, auto_migrate: bool) -> None:
@@ -245,7 +308,7 @@ class SQLStore:
 
     async def insert_key(self, key: KeyRecord, account: AccountRecord | None = None) -> None:
         """Store a key, and with it (in the same transaction) ``account``, a new account of its own."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if account is not None:
                 await conn.execute(insert(schema.accounts).values(**_account_values(account)))
             b = key.budget
@@ -257,7 +320,7 @@ class SQLStore:
                 prepaid=b.prepaid, cap_nanousd=b.cap_nanousd, cap_period=b.cap_period))
 
     async def list_keys(self) -> list[KeyRecord]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             # The id breaks ties: without it PostgreSQL returns equal times in the order rows were last written.
             rows = await conn.execute(select(schema.keys).order_by(schema.keys.c.created_at, schema.keys.c.id))
             return [_key(r) for r in rows]
@@ -266,30 +329,30 @@ class SQLStore:
         query = select(schema.keys)
         if since is not None:
             query = query.where(schema.keys.c.updated_at >= since)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return [_key(r) for r in await conn.execute(query)]
 
     async def key_by_hash(self, secret_hash: str) -> KeyRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.secret_hash == secret_hash))).first()
         return None if row is None else _key(row)
 
     async def update_key_limits(self, key_id: str, limits: dict[str, int | None]) -> bool:
         """Set some of rpm, itpm, otpm, max_concurrency (None removes a limit); True if the key exists."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 update(schema.keys).where(schema.keys.c.id == key_id)
                 .values(**limits, updated_at=datetime.now(UTC)))
         return result.rowcount > 0
 
     async def key(self, key_id: str) -> KeyRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.id == key_id))).first()
         return None if row is None else _key(row)
 
     async def revoke_key(self, key_id: str) -> bool:
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 update(schema.keys).where(schema.keys.c.id == key_id, schema.keys.c.revoked_at.is_(None))
                 .values(revoked_at=now, updated_at=now))
@@ -298,11 +361,11 @@ class SQLStore:
     # -- accounts and money -------------------------------------------------------------------------
 
     async def insert_account(self, account: AccountRecord) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(insert(schema.accounts).values(**_account_values(account)))
 
     async def list_accounts(self) -> list[AccountRecord]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(select(schema.accounts).order_by(schema.accounts.c.created_at,
                                                                        schema.accounts.c.id))
             return [_account(r) for r in rows]
@@ -310,7 +373,7 @@ class SQLStore:
     async def account(self, ref: str) -> AccountRecord | None:
         """The account with this id or name."""
         a = schema.accounts
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(select(a).where(or_(a.c.id == ref, a.c.name == ref)))).first()
         return None if row is None else _account(row)
 
@@ -318,14 +381,14 @@ class SQLStore:
         query = select(schema.accounts)
         if since is not None:
             query = query.where(schema.accounts.c.updated_at >= since)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return [_account(r) for r in await conn.execute(query)]
 
     async def set_budget(self, owner: str, changes: dict[str, Any]) -> bool:
         """Set some of ``prepaid``, ``cap_nanousd`` and ``cap_period`` on a key or an account; True if it
         exists."""
         table = _money_table(owner)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(update(table).where(table.c.id == owner)
                                         .values(**changes, updated_at=datetime.now(UTC)))
         return result.rowcount > 0
@@ -335,7 +398,7 @@ class SQLStore:
         there is no such owner."""
         table = _money_table(owner)
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _TOPUP_LOCK})
             # Adding money makes the owner prepaid; taking it back leaves that as it is (an owner switched to
@@ -356,7 +419,7 @@ class SQLStore:
         """Every owner's balance (the sum of its ledger entries), and the id of the last entry counted, so
         entries added after can be told apart: no top-up committed later has an id at or below it."""
         g = schema.ledger
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             await self._after_topups_in_flight(conn)
             last = int(await conn.scalar(select(func.coalesce(func.max(g.c.id), 0))) or 0)
             rows = await conn.execute(select(g.c.owner, func.sum(g.c.amount_nanousd))
@@ -371,7 +434,7 @@ class SQLStore:
     async def spend_by_key(self, since: datetime) -> dict[str, int]:
         """What each key's requests have cost since ``since``, from the usage rows."""
         u = schema.usage
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 select(u.c.key_id, func.sum(u.c.cost_nanousd))
                 .where(u.c.created_at >= since, u.c.key_id.is_not(None), u.c.cost_nanousd.is_not(None))
@@ -392,7 +455,7 @@ class SQLStore:
             query = query.where(g.c.kind.in_(kinds))
         if after_id is not None:
             query = query.where(g.c.id > after_id)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             if after_id is not None:
                 await self._after_topups_in_flight(conn)
             return [(int(r.id), _entry(r)) for r in await conn.execute(query)]
@@ -402,7 +465,7 @@ class SQLStore:
         g, done = schema.ledger, schema.ledger.alias("done")
         closed = select(done.c.id).where(done.c.request_id == g.c.request_id, done.c.owner == g.c.owner,
                                          done.c.kind.in_(("settle", "release")))
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(select(g).where(g.c.kind == "reserve", ~closed.exists()).order_by(g.c.id))
             return [_entry(r) for r in rows]
 
@@ -413,7 +476,7 @@ class SQLStore:
         stored together or not at all."""
         if not records and not entries:
             return
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if self.dialect == "sqlite":
                 # Many rows per statement, as plain tuples: one step of SQLite's engine (and one GIL
                 # hand-off by its driver thread) per chunk, not per row, and no per-row SQLAlchemy work.
@@ -440,7 +503,7 @@ class SQLStore:
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
         u = schema.usage
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(select(u).order_by(u.c.id.desc()).limit(limit))
             out = []
             for r in rows:
@@ -453,7 +516,7 @@ class SQLStore:
         """Which of these requests have their usage row stored (and with it their ledger entries)."""
         u = schema.usage
         found: set[str] = set()
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             for start in range(0, len(request_ids), 1000):
                 chunk = list(request_ids[start:start + 1000])
                 found.update(r[0] for r in await conn.execute(select(u.c.request_id).where(u.c.request_id.in_(chunk))))
@@ -490,7 +553,7 @@ class SQLStore:
             query = query.where(or_(u.c.key_id == key, k.c.name == key))
         if since is not None:
             query = query.where(u.c.created_at >= since)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = list(await conn.execute(query))
         out = []
         for r in rows:
