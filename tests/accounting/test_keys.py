@@ -8,14 +8,16 @@ import hashlib
 import math
 import re
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tollway.accounting.keys import PREFIX, KeyCache, hash_secret, may_use, new_key
 from tollway.store import KeyRecord, SQLStore, open_store
+from tollway.store.sql import StoreUnavailable
 
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
 
@@ -256,3 +258,59 @@ async def test_background_refresh_picks_up_a_revoke(store: SQLStore) -> None:
         assert await cache.lookup(secret) is None
     finally:
         await cache.close()
+
+
+class Outage:
+    """Makes the store's key reads fail as an unreachable database does, while ``down``."""
+
+    def __init__(self, store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = False
+        self.refused = 0
+        for name in ("keys_changed_since", "key_by_hash"):
+            monkeypatch.setattr(store, name, self._guard(getattr(store, name)))
+
+    def _guard(self, real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(*args: Any) -> Any:
+            if self.down:
+                self.refused += 1
+                raise StoreUnavailable(ConnectionRefusedError(111, "Connection refused"))
+            return await real(*args)
+
+        return guarded
+
+
+async def test_with_the_database_away_loaded_keys_work_and_a_miss_is_refused_as_overloaded(
+        store: SQLStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    kept, kept_secret = new_key("kept", None)
+    await store.insert_key(kept)
+    outage = Outage(store, monkeypatch)
+    cache = KeyCache(store, refresh_interval=0.01)
+    await cache.start()
+    try:
+        outage.down = True
+        for _ in range(500):  # background reloads failing
+            if outage.refused >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert outage.refused >= 5
+        assert await cache.lookup(kept_secret) == kept
+        made, made_secret = new_key("made meanwhile", None)  # by another process, which still reaches it
+        await store.insert_key(made)
+        with pytest.raises(StoreUnavailable):
+            await cache.lookup(made_secret)
+        assert await store.revoke_key(kept.id)
+        outage.down = False
+        # Back: the key made meanwhile is found (its miss was not remembered), the revoke is seen by the next
+        # reload (which looks back from the last one that worked).
+        assert await cache.lookup(made_secret) == made
+        for _ in range(500):
+            if await cache.lookup(kept_secret) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await cache.lookup(kept_secret) is None
+    finally:
+        await cache.close()
+    said = [r for r in caplog.records if r.name == "tollway.keys"]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert said[0].getMessage().startswith("reloading keys failed; serving the keys already loaded: the database is "
+                                           "unreachable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from tollway.accounting.ledger import UsageLedger
+from tollway.accounting.refresher import Outage
 from tollway.store import LedgerEntry, SQLStore, UsageRecord
 from tollway.store.schema import metadata
+from tollway.store.sql import StoreUnavailable
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -207,3 +210,67 @@ async def test_queue_limit_drops_and_counts(store: RecordingStore) -> None:
     ledger.record(row(9))  # room again after the flush
     assert ledger.pending == 1
     assert ledger.dropped == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def unavailable() -> StoreUnavailable:
+    return StoreUnavailable(ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)"))
+
+
+async def test_an_unreachable_database_is_logged_once_then_each_minute_then_its_end(
+        store: RecordingStore, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "tollway.ledger")
+    clock = Clock()
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.outage = Outage(logging.getLogger("tollway.ledger"), clock)
+    real = store.insert_usage
+
+    async def down(records: Sequence[UsageRecord], entries: Sequence[LedgerEntry] = ()) -> None:
+        raise unavailable()
+
+    store.insert_usage = down  # type: ignore[method-assign]
+    ledger.record(row(1))
+    for _ in range(20):  # a flush every 0.2 s for 4 s: one line, no traceback
+        await ledger.flush()
+        clock.now += 0.2
+    (said,) = caplog.records
+    assert said.levelno == logging.WARNING and said.exc_info is None
+    assert said.getMessage() == ("writing 1 usage rows and 0 ledger entries failed; keeping them in memory for the "
+                                 "next flush (up to 200000 rows): the database is unreachable (ConnectionRefusedError: "
+                                 "[Errno 111] Connect call failed ('127.0.0.1', 5432))")
+    health = ledger.health()
+    assert health["writing"] is False and health["failing_for_s"] == 4.0 and health["failed_writes"] == 20
+    assert health["pending_rows"] == 1 and "unreachable" in str(health["last_error"])
+    clock.now += 60
+    ledger.record(row(2))
+    await ledger.flush()  # a minute on: said again, with how long and how many tries
+    assert caplog.records[-1].getMessage().startswith(
+        "writing 2 usage rows and 0 ledger entries failed; keeping them in memory for the next flush (up to "
+        "200000 rows), still, after 64 s and 21 tries: the database is unreachable")
+    store.insert_usage = real  # type: ignore[method-assign]
+    await ledger.flush()
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert caplog.records[-1].getMessage() == ("usage written to the database (2 rows, 0 ledger entries) again after "
+                                               "64.0 s and 21 failed tries")
+    assert len(caplog.records) == 3
+    assert ledger.health()["writing"] is True and ledger.health()["failing_for_s"] == 0.0
+    assert await stored_ids(store) == ["req_0001", "req_0002"]
+
+
+async def test_any_other_write_failure_is_logged_with_its_traceback(store: RecordingStore,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.record(row(1))
+    store.fail = True
+    await ledger.flush()
+    (said,) = [r for r in caplog.records if r.name == "tollway.ledger"]
+    assert said.levelno == logging.ERROR and said.exc_info is not None
+    assert "RuntimeError: disk on fire" in caplog.text
+    assert ledger.health()["last_error"] == "RuntimeError: disk on fire"

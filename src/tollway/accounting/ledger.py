@@ -3,6 +3,10 @@
 `record` and `entry` only append to a list. A background task writes whatever has gathered every
 ``flush_interval`` seconds in one transaction. A failed write keeps the rows for the next try, up to
 ``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing.
+
+What a process killed outright (SIGKILL, a crash) loses is what it holds and has not written: the rows and
+entries recorded since the last write began, that is of the last ``flush_interval`` plus the time that write
+took; while the database is away, everything recorded since it went away (up to ``MAX_PENDING`` rows).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 
+from tollway.accounting.refresher import Outage
 from tollway.store import LedgerEntry, SQLStore, UsageRecord
 
 log = logging.getLogger("tollway.ledger")
@@ -28,6 +33,8 @@ class UsageLedger:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.dropped = 0
+        self.outage = Outage(log)
+        """Writes failing since when, how many tries, the last error: for the log and /healthz."""
 
     def record(self, row: UsageRecord) -> None:
         if len(self._pending) >= self.MAX_PENDING:
@@ -44,6 +51,13 @@ class UsageLedger:
     @property
     def pending(self) -> int:
         return len(self._pending) + len(self._entries)
+
+    def health(self) -> dict[str, object]:
+        """For /healthz: whether writes go through, since when they fail, and what is waiting."""
+        outage = self.outage
+        return {"writing": not outage.failing, "failing_for_s": round(outage.failing_for(), 1),
+                "failed_writes": outage.total, "last_error": outage.last_error, "pending_rows": len(self._pending),
+                "pending_entries": len(self._entries), "dropped_rows": self.dropped}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tollway-usage-flush")
@@ -69,7 +83,12 @@ class UsageLedger:
                 self._entries[:0] = entries
                 if not isinstance(exc, Exception):
                     raise
-                log.exception("writing %d usage rows failed; keeping them for the next flush", len(batch))
+                self.outage.failed(exc, "writing %d usage rows and %d ledger entries failed; keeping them in memory "
+                                   "for the next flush (up to %d rows)", len(self._pending), len(self._entries),
+                                   self.MAX_PENDING)
+            else:
+                self.outage.ended("usage written to the database (%d rows, %d ledger entries)", len(batch),
+                                  len(entries), level=logging.WARNING)
 
     async def close(self) -> None:
         # The loop is asked to stop, never cancelled: a cancelled write would leave its batch neither
