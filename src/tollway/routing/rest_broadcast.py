@@ -3,7 +3,8 @@
 Each replica keeps its own `HealthBoard` and reads it on the request path with no round trip; a rest it
 decides is published on a Redis channel, and every replica applies what the others publish. Rests are
 durations, not times, so replicas' clocks need not agree. Redis away: each replica rests on its own
-knowledge (as with one replica) and the listener tries again every few seconds.
+knowledge (as with one replica) and the listener tries again every ``RETRY`` seconds; the log says when it
+lost Redis and when it listens again, not every try in between.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from tollway.routing.health import HealthBoard
 
 log = logging.getLogger("tollway.routing")
-RETRY = 5.0
+RETRY = 1.0
 
 
 class RestBroadcast:
@@ -33,6 +34,9 @@ class RestBroadcast:
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.received = 0
+        self.listening = False
+        """Subscribed on Redis now: rests from the other replicas arrive."""
+        self._lost_at: float | None = None
 
     def publish(self, upstream: str, key: int | None, seconds: float, rate_limited: bool, error: str) -> None:
         """Tell the other replicas (without waiting: the request that failed goes on at once)."""
@@ -52,15 +56,24 @@ class RestBroadcast:
         self._task = asyncio.create_task(self._listen(), name="tollway-rest-listener")
 
     async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 async with self._client.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
+                    self.listening = True
+                    if self._lost_at is not None:
+                        log.warning("rests from other replicas arrive again (after %.1f s without)",
+                                    loop.time() - self._lost_at)
+                        self._lost_at = None
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._apply(message.get("data"))
             except (RedisError, OSError) as exc:
-                log.warning("rests from other replicas unavailable (%s); trying again in %.0f s", exc, RETRY)
+                self.listening = False
+                if self._lost_at is None:
+                    self._lost_at = loop.time()
+                    log.warning("rests from other replicas unavailable (%s); trying again every %g s", exc, RETRY)
                 await asyncio.sleep(RETRY)
 
     def _apply(self, data: Any) -> None:
