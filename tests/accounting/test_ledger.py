@@ -274,3 +274,33 @@ async def test_any_other_write_failure_is_logged_with_its_traceback(store: Recor
     assert said.levelno == logging.ERROR and said.exc_info is not None
     assert "RuntimeError: disk on fire" in caplog.text
     assert ledger.health()["last_error"] == "RuntimeError: disk on fire"
+
+
+async def test_close_keeps_trying_while_the_database_is_away(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=0.01)
+    await ledger.start()
+    ledger.record(row(1))
+    store.fail = True  # a database restarting as the gateway stops
+
+    async def back_soon() -> None:
+        await asyncio.sleep(0.3)
+        store.fail = False
+
+    returns = asyncio.create_task(back_soon())
+    await asyncio.wait_for(ledger.close(), timeout=10)
+    await returns
+    assert ledger.pending == 0
+    assert await stored_ids(store) == ["req_0001"]
+
+
+async def test_close_gives_up_after_its_patience_and_says_what_is_lost(
+        store: RecordingStore, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = UsageLedger(store, flush_interval=0.01)
+    ledger.CLOSE_PATIENCE = 0.2
+    ledger.record(row(1))
+    ledger.entry(LedgerEntry(1, "key_a", "reserve", -5, "req_0001"))
+    store.fail = True
+    await asyncio.wait_for(ledger.close(), timeout=10)
+    assert len(store.batches) == 0 and ledger.pending == 2
+    assert caplog.records[-1].getMessage() == ("stopping with 1 usage rows and 1 ledger entries not written "
+                                               "(RuntimeError: disk on fire): they are lost")

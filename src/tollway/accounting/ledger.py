@@ -2,7 +2,8 @@
 
 `record` and `entry` only append to a list. A background task writes whatever has gathered every
 ``flush_interval`` seconds in one transaction. A failed write keeps the rows for the next try, up to
-``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing.
+``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing (should the database be away
+then, it keeps trying for ``CLOSE_PATIENCE`` seconds, and says what it could not write).
 
 What a process killed outright (SIGKILL, a crash) loses is what it holds and has not written: the rows and
 entries recorded since the last write began, that is of the last ``flush_interval`` plus the time that write
@@ -23,6 +24,8 @@ log = logging.getLogger("tollway.ledger")
 
 class UsageLedger:
     MAX_PENDING = 200_000
+    CLOSE_PATIENCE = 10.0
+    """Seconds `close` keeps trying to write what is left while the database is away (a restart takes a few)."""
 
     def __init__(self, store: SQLStore, flush_interval: float) -> None:
         self._store = store
@@ -97,3 +100,13 @@ class UsageLedger:
         if self._task is not None:
             await self._task
         await self.flush()
+        if not self.pending:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.CLOSE_PATIENCE
+        while self.pending and loop.time() < deadline:
+            await asyncio.sleep(min(max(self._interval, 0.2), 1.0, max(deadline - loop.time(), 0.0)))
+            await self.flush()
+        if self.pending:
+            log.error("stopping with %d usage rows and %d ledger entries not written (%s): they are lost",
+                      len(self._pending), len(self._entries), self.outage.last_error)
