@@ -35,11 +35,12 @@ class Store:
         self.spent: dict[str, dict[str, int]] = {}
         self.rows: set[str] = set()
         self.asked: list[tuple[str, tuple[str, ...]]] = []
+        self.last_request_us: int | None = None
 
     async def seed(self, owner: str, late: Sequence[str]) -> Seed:
         self.asked.append((owner, tuple(sorted(late))))
         return Seed(self.balances.get(owner, 0), self.marks.get(owner, 0), self.spent.get(owner, {}),
-                    frozenset(r for r in late if r in self.rows))
+                    frozenset(r for r in late if r in self.rows), self.last_request_us)
 
 
 Make = Callable[..., SharedWallet]
@@ -189,8 +190,10 @@ async def test_taking_money_back_checks_the_live_balance_and_its_entry_is_not_ap
 async def test_after_redis_lost_its_state_owners_are_seeded_again_once_the_grace_has_passed(
         make: Make, redis_url: str, redis_prefix: str) -> None:
     store, entries = Store(), list[LedgerEntry]()
-    w = make(store, entries, grace=0.3)
+    clock = [NOON]
+    w = make(store, entries, grace=0.3, clock=lambda: clock[0])
     await funded(w, store, "key_a", 1000)
+    store.last_request_us = int(NOON * 1_000_000)  # requests were being served a moment ago
     with pytest.raises(Overloaded):  # a new Redis: every replica gets the grace to flush first
         await w.reserve("req_0", ["key_a"], 100)
     await asyncio.sleep(0.35)
@@ -227,6 +230,18 @@ async def running_then_lost(make: Make, redis_url: str, redis_prefix: str) -> tu
     return store, w, running, plain
 
 
+async def test_a_new_cluster_with_a_quiet_store_needs_no_grace(make: Make) -> None:
+    store = Store()
+    w = make(store, grace=60.0)
+    await funded(w, store, "key_a", 1000)
+    store.last_request_us = int((NOON - 61) * 1_000_000)  # nothing written by a request in the last minute
+    assert isinstance(await w.reserve("req_1", ["key_a"], 100), Hold)
+    store.last_request_us = int((NOON - 59) * 1_000_000)
+    await funded(w, store, "key_b", 1000)
+    with pytest.raises(Overloaded):  # one was: the grace applies (the epoch began with key_a's seed)
+        await w.reserve("req_2", ["key_b"], 100)
+
+
 async def test_a_late_request_the_store_already_has_is_not_counted_twice(make: Make, redis_url: str,
                                                                           redis_prefix: str) -> None:
     store, w, running, plain = await running_then_lost(make, redis_url, redis_prefix)
@@ -234,6 +249,7 @@ async def test_a_late_request_the_store_already_has_is_not_counted_twice(make: M
     store.balances["key_a"], store.rows = 1000 - 120, {"req_1"}  # its entries were flushed before the seed
     await w.seed("key_a")
     assert await live(w, "key_a") == (880, 0)
+    assert store.asked[-1] == ("key_a", ("req_1",))
     assert not await plain.exists(f"{redis_prefix}w:late:key_a")
     await plain.aclose()
 
@@ -281,6 +297,26 @@ async def wait_for(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("timed out")
+
+
+async def test_a_request_noted_late_after_the_seed_looked_is_looked_up_too(make: Make, redis_url: str,
+                                                                            redis_prefix: str) -> None:
+    store, w, running, plain = await running_then_lost(make, redis_url, redis_prefix)
+    real_seed = store.seed
+
+    async def slow_seed(owner: str, late: Sequence[str]) -> Seed:
+        seed = await real_seed(owner, late)
+        if len(store.asked) == 2:  # the first was the seed before req_1 started
+            # While the first look at the store runs, req_1 ends, and its entries reach the store.
+            await w.settle(running, 120)
+            store.balances["key_a"], store.rows = 1000 - 120, {"req_1"}
+        return seed
+
+    w._seed_source = slow_seed
+    await w.seed("key_a")
+    assert [late for _, late in store.asked[1:]] == [(), ("req_1",)]  # looked again, and found it stored
+    assert await live(w, "key_a") == (880, 0)  # counted once, not twice
+    await plain.aclose()
 
 
 async def test_a_request_reserved_before_a_new_seed_settles_at_its_whole_cost(make: Make, redis_url: str,

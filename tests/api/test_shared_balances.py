@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
+import redis.asyncio as aioredis
 
 from tests.api.test_balances import MODEL, PREPAID, reserve_of
 from tests.conftest import Gateway, PostgresDatabases, Upstream, gateway_config
@@ -128,3 +129,49 @@ def test_a_top_up_reaches_every_replica_once_and_a_revoked_balance_stops_them_al
                                                    messages=[{"role": "user", "content": "more"}])
         assert refused.value.status_code == 402
     assert live_and_stored(cluster, key_id) == (0, 0, 0)
+
+
+def test_after_redis_loses_every_balance_mid_load_the_rebuilt_ones_match_the_ledger(
+        cluster: Cluster, redis_url: str, redis_prefix: str) -> None:
+    first = cluster[0]
+    secret = first.create_key("survivor", budget=PREPAID)
+    key_id = first.key_id("survivor")
+    first.topup(key_id, 1_000_000_000)
+    warm(first, secret)
+
+    async def load() -> list[int]:
+        # The SDK's own retries wait out the 529s of the grace after the loss.
+        clients = [anthropic.AsyncAnthropic(api_key=secret, base_url=g.url, max_retries=6,
+                                            default_headers={"x-fake-scenario": "stall:0.3"}) for g in cluster]
+
+        async def one(i: int) -> int:
+            await asyncio.sleep(i * 0.02)  # spread over about 2.4 s, so requests run across the loss
+            # Some long ones reserve before the loss and end after the balance is seeded again.
+            scenario = {"x-fake-scenario": "stall:4"} if i % 5 == 0 else None
+            await clients[i % 3].messages.create(model=MODEL, max_tokens=16, extra_headers=scenario,
+                                                 messages=[{"role": "user", "content": "survive"}])
+            return 200
+
+        async def lose_everything() -> None:
+            await asyncio.sleep(1.0)
+            plain = aioredis.Redis.from_url(redis_url)
+            try:  # what a restart of a Redis that keeps nothing on disk leaves: no key at all
+                await plain.delete(*[k async for k in plain.scan_iter(match=f"{redis_prefix}*")])
+            finally:
+                await plain.aclose()
+
+        try:
+            results = await asyncio.gather(*(one(i) for i in range(120)), lose_everything())
+            return [r for r in results if r is not None]
+        finally:
+            for client in clients:
+                await client.close()
+
+    assert asyncio.run(load()) == [200] * 120
+    balance, held, stored = live_and_stored(cluster, key_id)
+    assert held == 0
+    assert balance == stored  # the live balance rebuilt after the loss is the ledger's, to the nano-dollar
+    assert 0 < stored < 1_000_000_000
+    statuses = [r.status for r in first.usage() if r.key_id == key_id]
+    assert 529 in statuses  # the loss did fall mid-load: requests met the grace and were retried
+    assert statuses.count(200) == 121

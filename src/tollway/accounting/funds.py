@@ -252,7 +252,7 @@ class Funds:
         balance = sum(e.amount_nanousd for _, e in entries if e.kind != "reserve" or e.request_id in closed)
         mark = max((i for i, e in entries if e.kind == "topup"), default=0)
         spent = (await self._spend({owner}, reuse=0.25))[owner]
-        return Seed(balance, mark, spent, frozenset(stored))
+        return Seed(balance, mark, spent, frozenset(stored), await self._store.newest_request_entry_at())
 
     def _unloaded(self, key: KeyRecord) -> bool:
         """A key (or its account) this process has not loaded yet: made a moment ago by another process."""

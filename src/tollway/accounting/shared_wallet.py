@@ -18,8 +18,9 @@ reserved under to tell which. Requests that closed while their owner had no hash
 What a seed cannot see is a request that closed against the Redis that was lost and whose entries are not
 in the store yet. So after Redis comes back empty no owner is seeded for ``grace`` seconds (longer than a
 flush), and money-limited requests get 529 ``overloaded_error`` with ``retry-after`` meanwhile; the SDKs and
-Claude Code retry those on their own. Redis unreachable gets the same answer: spending money that no one
-can check is not an option for a prepaid key.
+Claude Code retry those on their own. The wait is skipped when the store shows no request entry in the last
+``grace`` seconds (a new cluster, or one that was idle): then no replica has any left to write. Redis
+unreachable gets the same answer: spending money that no one can check is not an option for a prepaid key.
 
 **Settling** never fails a request: a settle that cannot reach Redis is kept and retried, and each request
 settles at most once (a marker key, so a retry after a lost reply cannot count twice).
@@ -109,9 +110,19 @@ return 1
 """.replace("DONE_TTL", str(DONE_TTL)).replace("LATE_TTL", str(LATE_TTL))
 
 # KEYS: the owner's hash, its late hash, the epoch key. ARGV: token, balance, top-up mark, day, day's spend,
-# month, month's spend, grace, then the ids of late requests the store already has.
+# month, month's spend, grace, the number n of late requests the seed looked up, those n ids, then the ids of
+# those the store already has. A late request noted since the lookup sends the seed back to look again: its
+# entries may have reached the store after the lookup, and before the sums were read.
 _SEED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+local seen, stored = {}, {}
+local n = tonumber(ARGV[9])
+for i = 10, 9 + n do seen[ARGV[i]] = true end
+for i = 10 + n, #ARGV do stored[ARGV[i]] = true end
+local late = redis.call('HGETALL', KEYS[2])
+for i = 1, #late, 2 do
+  if not seen[late[i]] then return {'again'} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('SET', KEYS[3], string.format('%.6f', now), 'NX')
@@ -120,9 +131,6 @@ local grace = tonumber(ARGV[8])
 if waited < grace then return {'wait', string.format('%.3f', grace - waited)} end
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 'bal', ARGV[2], 'held', '0', 't', ARGV[3], 'd', ARGV[4], 'sd', ARGV[5],
            'm', ARGV[6], 'sm', ARGV[7])
-local stored = {}
-for i = 9, #ARGV do stored[ARGV[i]] = true end
-local late = redis.call('HGETALL', KEYS[2])
 for i = 1, #late, 2 do
   if not stored[late[i]] then
     local cost, minus, prepaid = string.match(late[i + 1], '^(%d+):(-?%d+):(%d)$')
@@ -375,13 +383,23 @@ class SharedWallet:
         await asyncio.shield(pending)
 
     async def _seed_once(self, owner: str) -> None:
-        late = [k.decode() for k in await self._guard(self.client.hkeys(self._late(owner)))]
-        seed = await self._seed_source(owner, late)
-        day, month = self._labels(self._clock())
-        args: list[str | int | float] = [uuid.uuid4().hex[:12], seed.balance, seed.topup_mark, day,
-                                         seed.spent.get(day, 0), month, seed.spent.get(month, 0), self.grace,
-                                         *sorted(seed.stored)]
-        raw = await self._call(self._seed, [self._key(owner), self._late(owner), f"{self._prefix}w:epoch"], args)
+        keys = [self._key(owner), self._late(owner), f"{self._prefix}w:epoch"]
+        for _ in range(10):
+            late = [k.decode() for k in await self._guard(self.client.hkeys(self._late(owner)))]
+            seed = await self._seed_source(owner, late)
+            day, month = self._labels(self._clock())
+            args: list[str | int | float] = [uuid.uuid4().hex[:12], seed.balance, seed.topup_mark, day,
+                                             seed.spent.get(day, 0), month, seed.spent.get(month, 0), self.grace,
+                                             len(late), *late, *seed.stored]
+            raw = await self._call(self._seed, keys, args)
+            quiet = seed.last_request_us is None or seed.last_request_us < (self._clock() - self.grace) * 1_000_000
+            if raw[0] == b"wait" and quiet:
+                args[7] = 0
+                raw = await self._call(self._seed, keys, args)
+            if raw[0] != b"again":
+                break
+        else:  # pragma: no cover - requests ending faster than ten reads of the store
+            raise Overloaded("Balances are being rebuilt; please retry.", headers={"retry-after": "1"})
         if raw[0] == b"wait":
             wait = float(raw[1])
             raise Overloaded(f"Balances are being rebuilt after a restart of the shared store; retry in "

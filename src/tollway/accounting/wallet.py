@@ -109,6 +109,8 @@ class Seed(NamedTuple):
     """Settled spend by period label (the current day's and month's)."""
     stored: frozenset[str]
     """Of the late requests asked about, those whose rows the store has."""
+    last_request_us: int | None = None
+    """When the store's newest entry made by a request (of any owner) was written."""
 
 
 SeedSource = Callable[[str, Sequence[str]], Awaitable[Seed]]

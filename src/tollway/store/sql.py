@@ -512,6 +512,12 @@ class SQLStore:
                 out.append(UsageRecord(**values))
             return out
 
+    async def newest_request_entry_at(self) -> int | None:
+        """When (microseconds) the newest ledger entry a request made (not a top-up) was written, if any."""
+        g = schema.ledger
+        async with self._connect() as conn:
+            return await conn.scalar(select(g.c.at_us).where(g.c.kind != "topup").order_by(g.c.id.desc()).limit(1))
+
     async def stored_requests(self, request_ids: Sequence[str]) -> frozenset[str]:
         """Which of these requests have their usage row stored (and with it their ledger entries)."""
         u = schema.usage
