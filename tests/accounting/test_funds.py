@@ -11,7 +11,7 @@ import pytest
 from tollway.accounting.funds import Funds
 from tollway.accounting.keys import new_key
 from tollway.accounting.ledger import UsageLedger
-from tollway.errors import BillingError, InvalidRequest
+from tollway.errors import BillingError, InvalidRequest, Overloaded
 from tollway.protocol.catalog import LIST_PRICES
 from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, LedgerEntry, SQLStore, UsageRecord
 
@@ -266,5 +266,22 @@ async def test_taking_money_back_is_one_step_with_its_check(store: SQLStore) -> 
         await ledger.flush()
         balances, _ = await store.balances()
         assert funds.wallet.purses[key.id].balance == balances[key.id] == 0
+    finally:
+        await funds.close()
+
+
+async def test_money_requests_are_turned_away_while_too_many_entries_wait_for_the_database(
+        sqlite_store: SQLStore) -> None:
+    key = await make_key(sqlite_store, "waiting")
+    await sqlite_store.topup(key.id, 10 * RESERVE)
+    waiting = [Funds.MAX_BACKLOG - 1]
+    funds = Funds(sqlite_store, UsageLedger(sqlite_store, 3600).entry, 3600, backlog=lambda: waiting[0])
+    await funds.start()
+    try:
+        assert await funds.reserve("req_1", key, SONNET, len(BODY), False, 10, 200_000) is not None
+        waiting[0] += 1
+        with pytest.raises(Overloaded) as refused:
+            await funds.reserve("req_2", key, SONNET, len(BODY), False, 10, 200_000)
+        assert refused.value.status == 529 and refused.value.headers == {"retry-after": "5"}
     finally:
         await funds.close()

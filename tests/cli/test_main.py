@@ -33,3 +33,14 @@ def test_missing_config_file_exits_2(cli: CLI) -> None:
     missing = cli.tmp / "nope.toml"
     done = cli.run("keys", "list", config=missing, code=2)
     assert f"{missing}: file not found" in done.stderr
+
+
+def test_an_unreachable_database_exits_1_saying_so_without_a_traceback(cli: CLI) -> None:
+    away = cli.tmp / "away.toml"
+    # Port 1 on loopback refuses connections: a PostgreSQL that is down.
+    away.write_text(CONFIG.format(db=cli.db).replace(f'url = "sqlite:///{cli.db}"',
+                                                     'url = "postgresql://tollway@127.0.0.1:1/tollway"'),
+                    encoding="utf-8")
+    done = cli.run("keys", "list", config=away, code=1)
+    assert done.stderr.startswith("tollway: the database cannot be reached (")
+    assert "Traceback" not in done.stderr

@@ -31,7 +31,7 @@ from tollway.accounting.wallet import (
     period_of,
     period_start,
 )
-from tollway.errors import BillingError, InvalidRequest
+from tollway.errors import BillingError, InvalidRequest, Overloaded
 from tollway.protocol.catalog import Prices
 from tollway.store import Budget, KeyRecord, LedgerEntry, SQLStore
 
@@ -53,11 +53,16 @@ class Funds:
     """With a store shared by replicas, a reserve left open this long (seconds) is taken for one whose replica
     died: a running request on another replica must not be released under it. Longer than any request."""
     SWEEP_EVERY = 60.0
+    MAX_BACKLOG = 400_000
+    """Ledger entries waiting for the database past which money-limited requests are turned away (529): they
+    are never dropped, unlike usage rows, so a long database outage must not let them grow without bound."""
 
     def __init__(self, store: SQLStore, sink: Callable[[LedgerEntry], None], refresh_interval: float,
                  clock: Callable[[], float] | None = None,
-                 shared: Callable[[SeedSource], SharedWallet] | None = None) -> None:
+                 shared: Callable[[SeedSource], SharedWallet] | None = None,
+                 backlog: Callable[[], int] = lambda: 0) -> None:
         self._store = store
+        self._backlog = backlog
         self._memory: MemoryWallet | None = None
         self.shared: SharedWallet | None = None
         self._money: Wallet
@@ -282,6 +287,9 @@ class Funds:
             await self._load(key)
         if prices is None:
             return None
+        if self._backlog() >= self.MAX_BACKLOG:
+            raise Overloaded("The gateway cannot record spending right now (its database is not taking writes); "
+                             "please retry shortly.", headers={"retry-after": "5"})
         amount = reserve_nanousd(prices, body_size, fetches, max_tokens, max_input_tokens, images)
         owners = (key.id,) if key.account_id is None else (key.id, key.account_id)
         result = await self._money.reserve(request_id, owners, amount)

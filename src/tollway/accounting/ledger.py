@@ -55,6 +55,9 @@ class UsageLedger:
     def pending(self) -> int:
         return len(self._pending) + len(self._entries)
 
+    def pending_entries(self) -> int:
+        return len(self._entries)
+
     def health(self) -> dict[str, object]:
         """For /healthz: whether writes go through, since when they fail, and what is waiting."""
         outage = self.outage

@@ -38,7 +38,7 @@ async def healthz(request: web.Request) -> web.Response:
     limits = {"backend": "memory"} if shared is None else {
         "backend": "redis", "shared": shared, "outages": getattr(services.limiter, "outages", 0)}
     body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending,
-            "limits": limits, "balances": _balances(services),
+            "limits": limits, "balances": _balances(services), "store": services.ledger.health(),
             "upstreams": services.health.snapshot(services.table.key_counts())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -103,7 +103,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         keys = KeyCache(store, config.storage.key_refresh_interval)
         ledger = UsageLedger(store, config.storage.flush_interval)
         table = RoutingTable(config)
-        funds = Funds(store, ledger.entry, config.storage.key_refresh_interval, shared=_shared_wallet(config, ledger))
+        funds = Funds(store, ledger.entry, config.storage.key_refresh_interval, shared=_shared_wallet(config, ledger),
+                      backlog=ledger.pending_entries)
         await keys.start()
         await ledger.start()
         await funds.start()

@@ -14,7 +14,7 @@ from tollway.cli.common import Refused, config_parent
 from tollway.config import Config, load_config
 from tollway.errors import ConfigError
 from tollway.store import SQLStore, open_store
-from tollway.store.sql import display_url
+from tollway.store.sql import StoreUnavailable, display_url
 
 STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, SQLStore], Awaitable[int]]] = {
     "keys": keys.run, "accounts": accounts.run, "usage": usage.run,
@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as exc:
         print(f"tollway: {exc}", file=sys.stderr)
         return exc.code
+    except StoreUnavailable as exc:
+        print(f"tollway: the database cannot be reached ({exc.cause})", file=sys.stderr)
+        return 1
 
 
 async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
