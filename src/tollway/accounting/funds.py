@@ -105,6 +105,10 @@ class Funds:
         if self.shared is not None:
             await self.shared.close()
 
+    def reload_soon(self) -> None:
+        """Another process changed what this reloads: do it now, in the background."""
+        self._reloads.poke()
+
     async def _release_orphans(self) -> None:
         """Give back what requests cut off by a stop still hold. Their usage rows were lost with them (rows
         and entries are written together), so there is no cost to keep.

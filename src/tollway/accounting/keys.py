@@ -64,6 +64,10 @@ class KeyCache:
     async def close(self) -> None:
         await self._reloads.close()
 
+    def reload_soon(self) -> None:
+        """Another process changed what this reloads: do it now, in the background."""
+        self._reloads.poke()
+
     async def refresh(self) -> None:
         started = datetime.now(UTC)
         since = None if self._last is None else self._last - self.OVERLAP

@@ -87,7 +87,13 @@ class Refresher:
         self._refresh = refresh
         self._failure = failure
         self._task: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
         self.outage = Outage(log)
+
+    def poke(self) -> None:
+        """Reload now rather than at the end of the interval (another process changed something). Pokes
+        that come during a reload make one more, not one each."""
+        self._poked.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self._name)
@@ -100,7 +106,9 @@ class Refresher:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self._interval)
+            self._poked.clear()
             try:
                 await self._refresh()
             except Exception as error:

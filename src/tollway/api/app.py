@@ -111,16 +111,23 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await table.start()
         health = HealthBoard()
         limiter = _limiter(config)
-        broadcast = None
+        bus = None
         if config.limits.url is not None:
+            from tollway.pubsub import CHANGES, Bus
             from tollway.routing.rest_broadcast import RestBroadcast
 
-            broadcast = RestBroadcast(config.limits.url, config.limits.prefix, health, config.limits.timeout)
-            health.on_rest = broadcast.publish
-            await broadcast.start()
+            bus = Bus(config.limits.url, config.limits.prefix, config.limits.timeout)
+            health.on_rest = RestBroadcast(bus, health).publish
+
+            def changed(_: object) -> None:
+                keys.reload_soon()
+                funds.reload_soon()
+
+            bus.on(CHANGES, changed)
+            await bus.start()
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
                                  router=Router(table, health), limiter=limiter,
-                                 limit_rules=LimitRules.from_config(config), funds=funds)
+                                 limit_rules=LimitRules.from_config(config), funds=funds, bus=bus)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
         gc.collect()
@@ -139,8 +146,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             close = getattr(limiter, "close", None)  # after the handlers: their settles are done
             if close is not None:
                 await close()
-            if broadcast is not None:
-                await broadcast.close()
+            if bus is not None:
+                await bus.close()
             await ledger.close()
             await store.close()
             log.info("usage flushed; %d rows dropped in this run", ledger.dropped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import SQLStore
+
+if TYPE_CHECKING:  # the Redis client is imported only where it is configured
+    from tollway.pubsub import Bus
 
 
 @dataclass(slots=True)
@@ -29,7 +33,14 @@ class Services:
     limiter: Limiter
     limit_rules: LimitRules
     funds: Funds
+    bus: Bus | None = None
+    """Messages to and from the other replicas, when there is Redis."""
     open_streams: int = 0
+
+    def announce_change(self) -> None:
+        """Keys, budgets or balances changed here: have the other replicas reload them now."""
+        if self.bus is not None:
+            self.bus.announce_change()
 
 
 SERVICES = web.AppKey("services", Services)

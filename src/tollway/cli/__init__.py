@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# Commands that change keys, budgets or balances, which the running replicas should reload at once.
+CHANGING = {"keys": {"create", "update", "topup", "revoke"}, "accounts": {"create", "update", "topup"}}
+
+
 async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     store = open_store(config.storage)
@@ -74,6 +78,14 @@ async def _run_store_command(args: argparse.Namespace, config: Config) -> int:
             return 0
         # Other commands bring SQLite up to date as `serve` does, and leave a shared PostgreSQL to `migrate`.
         await store.ensure_current(auto_migrate=store.dialect == "sqlite")
-        return await STORE_COMMANDS[args.command](args, store)
+        code = await STORE_COMMANDS[args.command](args, store)
     finally:
         await store.close()
+    if code == 0 and config.limits.url is not None and args.command in CHANGING and \
+            getattr(args, f"{args.command}_command", None) in CHANGING[args.command]:
+        from tollway.pubsub import CHANGES, announce
+
+        # Running replicas reload at once instead of within key_refresh_interval; if Redis is away they
+        # still do at their next reload.
+        announce(config.limits.url, config.limits.prefix, CHANGES)
+    return code

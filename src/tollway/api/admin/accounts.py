@@ -39,6 +39,7 @@ async def _view(s: Services, account: AccountRecord) -> View:
 
 async def _reloaded(s: Services, account_id: str) -> View:
     await s.funds.refresh()
+    s.announce_change()
     return await _view(s, await find_account(s, account_id))
 
 

@@ -39,6 +39,7 @@ async def _view(s: Services, key: KeyRecord) -> View:
 async def _reloaded(s: Services, key_id: str) -> View:
     await s.keys.refresh()
     await s.funds.refresh()
+    s.announce_change()
     return await _view(s, await find_key(s, key_id))
 
 
