@@ -1,5 +1,6 @@
-"""The Redis wallet on a real Redis: replicas sharing one balance, seeds from the store, top-ups counted once,
-a Redis that lost its state, and settles that could not reach it.
+"""What only the Redis wallet does, on a real Redis: replicas sharing one balance, seeds from the store,
+top-ups counted once, a Redis that lost its state, and settles that could not reach it. (What both wallets
+do is the contract in test_wallet.py.)
 
 The store is below the layer under test here: each test says what it holds through a `Store` of its own
 (the seed source); the wallet's whole path with the real store is in tests/api/test_shared_balances.py.
@@ -119,18 +120,7 @@ async def test_replicas_share_one_balance_and_never_overdraw_it(make: Make) -> N
     assert await live(replicas[1], "key_a") == (10 * 300 + 299 - 1000, 0)
 
 
-async def test_a_key_and_its_account_are_reserved_together_or_not_at_all(make: Make) -> None:
-    store = Store()
-    w = make(store)
-    await funded(w, store, "key_a", 10_000)
-    await funded(w, store, "acct_a", 500)
-    assert isinstance(await w.reserve("req_1", ["key_a", "acct_a"], 400), Hold)
-    refused = await w.reserve("req_2", ["key_a", "acct_a"], 400)
-    assert isinstance(refused, Refusal) and (refused.owner, refused.available) == ("acct_a", 100)
-    assert await live(w, "key_a") == (9_600, 400)  # the key gave nothing for the refused request
-
-
-async def test_a_cap_counts_the_period_spend_and_what_is_held(make: Make) -> None:
+async def test_a_cap_counts_the_spend_the_store_had_at_the_seed(make: Make) -> None:
     store = Store()
     clock = [NOON]
     w = make(store, clock=lambda: clock[0])
