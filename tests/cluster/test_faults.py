@@ -179,8 +179,8 @@ def test_redis_stopped_and_started_again(cluster: Cluster, services: Services, u
         upstream.fake.reset()
     for replica in replicas:  # the listener said it lost Redis once, not at every try, and that it hears again
         log = replica.log_text()
-        assert log.count("rests from other replicas unavailable") == 1, log
-        assert "rests from other replicas arrive again" in log
+        assert log.count("messages from other replicas unavailable") == 1, log
+        assert "messages from other replicas arrive again" in log
 
 
 def test_postgresql_stopped_and_started_again(cluster: Cluster, services: Services) -> None:
