@@ -229,6 +229,17 @@ def test_body_nested_too_deep_to_re_encode_is_a_400(gateway: Gateway, secret: st
     assert_error(post(gateway, _encode_deep(body), {"x-api-key": secret}), 400, "invalid_request_error")
 
 
+def test_a_type_error_in_the_gateway_is_its_own_500_not_the_clients_400(
+        gateway: Gateway, secret: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*_: Any) -> Any:
+        raise TypeError("a bug in the gateway")  # orjson's encode error is a TypeError too
+
+    monkeypatch.setattr(gateway.services.router, "send", broken)
+    r = post(gateway, VALID, {"x-api-key": secret})
+    assert_error(r, 500, "api_error")
+    assert "a bug in the gateway" not in r.text and "request-id" in r.headers
+
+
 def _encode_deep(body: Any) -> bytes:
     import json
     import sys

@@ -190,9 +190,12 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if outcome.admission is not None:
             exc.headers = {**outcome.admission.headers, **exc.headers}
         raise
-    except orjson.JSONEncodeError:
+    except orjson.JSONEncodeError as exc:
         # orjson reads JSON nested up to 1,024 levels but writes only about 250: a body Tollway must
-        # re-encode (a rewritten model, a failover, a translation) can be too deep to send on.
+        # re-encode (a rewritten model, a failover, a translation) can be too deep to send on. Anything else
+        # this catches is a TypeError (orjson's error is one), a bug that must not pass for the client's.
+        if "Recursion limit" not in str(exc):
+            raise
         error = InvalidRequest("The request body is nested too deeply.")
         outcome.fail(error.status, error.error_type)
         raise error from None
