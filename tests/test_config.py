@@ -234,7 +234,7 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
         (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, limits, models, "
                             "server, storage, upstreams)"),
         (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
-                                        "max_body_bytes, port, shutdown_timeout)"),
+                                        "max_body_bytes, port, shutdown_timeout, workers)"),
         (minimal(storage={"path": "x"}), "conf.toml: storage.path: unknown key"),
         (minimal(upstreams=[{"name": "mock", "kind": "mock", "key": "x"}]), "conf.toml: upstreams[0].key: unknown key"),
         (minimal(upstreams=[{"name": "mock", "kind": "mock", "timeout": {"read": 1}}]),

@@ -44,6 +44,9 @@ class ServerConfig:
     """Seconds a SIGTERM waits for open streams to finish before closing them."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Anthropic's own limit for /v1/messages; larger bodies get 413 request_too_large."""
+    workers: int = 1
+    """Processes serving the port; more than one needs ``[limits] url`` (Redis), where they share limits and
+    balances."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +294,13 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin", "limits"})
 
     s = root.table("server")
-    s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes"})
+    s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes", "workers"})
     server = ServerConfig(
         host=s.string("host", "127.0.0.1"),
         port=s.integer("port", 8080, minimum=0, maximum=65535),
         shutdown_timeout=s.number("shutdown_timeout", 60.0),
         max_body_bytes=s.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
+        workers=s.integer("workers", 1, minimum=1, maximum=256),
     )
 
     st = root.table("storage")
@@ -328,9 +332,16 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     if not models:
         raise ConfigError(f"{source}: models: at least one [[models]] entry is required")
     key_limits = _parse_key_limits(root.tables("key_limits"), tuple(seen))
+    limits = _parse_limits_backend(root.table("limits"))
+    if server.workers > 1 and limits.url is None:
+        raise ConfigError(workers_need_redis(source, server.workers))
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
-                  admin=_parse_admin(root.table("admin")), limits=_parse_limits_backend(root.table("limits")),
-                  source=source)
+                  admin=_parse_admin(root.table("admin")), limits=limits, source=source)
+
+
+def workers_need_redis(source: str, workers: int) -> str:
+    return (f"{source}: server.workers: {workers} processes need [limits] url (Redis), so that they share rate "
+            f"limits and balances; without it each would keep its own")
 
 
 def _parse_limits_backend(r: _Reader) -> LimitsConfig:

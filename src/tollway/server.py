@@ -1,12 +1,18 @@
-"""``tollway serve``: the startup banner, the first key, and the aiohttp server on uvloop."""
+"""``tollway serve``: the startup banner, the first key, and the aiohttp server on uvloop, in one process or
+in several that share the port (``--workers N``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import shlex
+import signal
+import socket
 import sys
+import time
 
 from aiohttp import web
 
@@ -61,9 +67,10 @@ def banner(config: Config, secret: str | None) -> str:
     return "\n".join(lines)
 
 
-def serve(config: Config, host: str | None = None, port: int | None = None) -> int:
+def serve(config: Config, host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
     server = dataclasses.replace(config.server, host=host or config.server.host,
-                                 port=config.server.port if port is None else port)
+                                 port=config.server.port if port is None else port,
+                                 workers=config.server.workers if workers is None else workers)
     config = dataclasses.replace(config, server=server)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -74,9 +81,90 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> i
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # uvloop is optional on platforms that lack it
         pass
+    # Migrations and the first key happen here, once, before any worker starts.
     secret = asyncio.run(_first_key(config))
-    print(banner(config, secret), flush=True)
+    if server.workers == 1:
+        print(banner(config, secret), flush=True)
+        _run(config)
+        return 0
+    # The port is held (bound, not listening) for the workers' lifetime: port 0 picks one for all of them.
+    held = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind((server.host, server.port))
+    config = dataclasses.replace(config, server=dataclasses.replace(server, port=held.getsockname()[1]))
+    print(banner(config, secret) + f"\n  workers:  {server.workers} processes on one port", flush=True)
+    try:
+        return Workers(config, held).run()
+    finally:
+        held.close()
+
+
+def _run(config: Config, reuse_port: bool = False) -> None:
+    server = config.server
     # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call.
     web.run_app(create_app(config), host=server.host, port=server.port, shutdown_timeout=server.shutdown_timeout,
-                handler_cancellation=True, access_log=None, print=None)
-    return 0
+                handler_cancellation=True, access_log=None, print=None, reuse_port=reuse_port)
+
+
+class Workers:
+    """Forked processes each listening on the port with SO_REUSEPORT, so the kernel spreads connections over
+    them. A worker that dies is started again (at most once a second); SIGTERM or SIGINT is passed to every
+    worker, which drains and flushes as a single process does, and ends the parent once they have all exited.
+    """
+
+    RESTART_DELAY = 1.0
+
+    def __init__(self, config: Config, held: socket.socket) -> None:
+        self._config = config
+        self._held = held
+        self._pids: dict[int, int] = {}
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                self._held.close()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                _run(self._config, reuse_port=True)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self._pids[pid] = index
+
+    def _stop(self, signum: int, _: object) -> None:
+        self._stopping = True
+        for pid in self._pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        for index in range(self._config.server.workers):
+            self._spawn(index)
+        last_restart = 0.0
+        failed = False
+        while self._pids:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in self._pids:
+                continue
+            index = self._pids.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self._stopping:
+                failed = failed or code not in (0, -signal.SIGTERM, -signal.SIGINT)
+                continue
+            log.error("worker %d (pid %d) exited with %d; starting it again", index, pid, code)
+            time.sleep(max(0.0, last_restart + self.RESTART_DELAY - time.monotonic()))
+            last_restart = time.monotonic()
+            if not self._stopping:
+                self._spawn(index)
+        return 1 if failed else 0

@@ -95,6 +95,10 @@ class Funds:
         assert self._memory is not None, "balances are kept in Redis"
         return self._memory
 
+    @property
+    def _many_processes(self) -> bool:
+        return self._store.dialect != "sqlite" or self.shared is not None
+
     async def start(self) -> None:
         await self._release_orphans()
         await self.refresh()
@@ -113,13 +117,14 @@ class Funds:
         """Give back what requests cut off by a stop still hold. Their usage rows were lost with them (rows
         and entries are written together), so there is no cost to keep.
 
-        On SQLite, one process uses the store, and at its start every open reserve is such an orphan. On a
-        store shared by replicas, others may be serving those requests still: only reserves older than
+        With one process on SQLite, at its start every open reserve is such an orphan. Where several processes
+        may share the store (PostgreSQL, or workers with Redis), others may be serving those requests still:
+        only reserves older than
         ``ORPHAN_AGE`` are released, by whichever replica sweeps first (the store keeps one closing entry
         per request, Redis one settle)."""
         self._last_sweep = time.monotonic()
         orphans = await self._store.open_reserves()
-        if self._store.dialect != "sqlite":
+        if self._many_processes:
             before = round((time.time() - self.ORPHAN_AGE) * 1_000_000)
             orphans = [e for e in orphans if e.at_us < before]
         if orphans:
@@ -135,7 +140,7 @@ class Funds:
     async def refresh(self) -> None:
         async with self._refreshing:
             await self._refresh()
-        if self._store.dialect != "sqlite" and time.monotonic() - self._last_sweep > self.SWEEP_EVERY:
+        if self._many_processes and time.monotonic() - self._last_sweep > self.SWEEP_EVERY:
             await self._release_orphans()
 
     async def _refresh(self) -> None:

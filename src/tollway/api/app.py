@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,8 @@ async def healthz(request: web.Request) -> web.Response:
     shared = getattr(services.limiter, "is_shared", None)
     limits = {"backend": "memory"} if shared is None else {
         "backend": "redis", "shared": shared, "outages": getattr(services.limiter, "outages", 0)}
-    body = {"status": "ok", "open_streams": services.open_streams, "usage_pending": services.ledger.pending,
+    body = {"status": "ok", "worker": os.getpid(), "open_streams": services.open_streams,
+            "usage_pending": services.ledger.pending,
             "limits": limits, "balances": _balances(services), "store": services.ledger.health(),
             "upstreams": services.health.snapshot(services.table.key_counts())}
     return web.Response(body=orjson.dumps(body), content_type="application/json")

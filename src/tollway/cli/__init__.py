@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from tollway import __version__
 from tollway.cli import accounts, keys, upstreams, usage
 from tollway.cli.common import Refused, config_parent
-from tollway.config import Config, load_config
+from tollway.config import Config, load_config, workers_need_redis
 from tollway.errors import ConfigError
 from tollway.store import SQLStore, open_store
 from tollway.store.sql import StoreUnavailable, display_url
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="processes sharing the port (default: [server] workers, 1); more than one needs "
+                            "[limits] url (Redis)")
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     keys.add_parser(sub, common)
@@ -49,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from tollway.server import serve
 
-            return serve(config, host=args.host, port=args.port)
+            if args.workers is not None and args.workers > 1 and config.limits.url is None:
+                raise ConfigError(workers_need_redis(config.source, args.workers))
+            return serve(config, host=args.host, port=args.port, workers=args.workers)
         if args.command == "upstreams":
             return upstreams.run(args, config)
         return asyncio.run(_run_store_command(args, config))
