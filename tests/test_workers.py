@@ -17,7 +17,8 @@ from tests.test_server import TOLLWAY, clean_env, free_port, wait_healthy
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def write_config(tmp_path: Path, upstream: Upstream, redis: tuple[str, str] | None, workers: int) -> tuple[Path, Path, int]:
+def write_config(tmp_path: Path, upstream: Upstream, redis: tuple[str, str] | None,
+                 workers: int) -> tuple[Path, Path, int]:
     port, db, config = free_port(), tmp_path / "w.db", tmp_path / "tollway.toml"
     limits = "" if redis is None else f'[limits]\nurl = "{redis[0]}"\nprefix = "{redis[1]}"\n'
     config.write_text(f"""

@@ -9,24 +9,44 @@ a database that cannot be reached as `StoreUnavailable`, an Anthropic-shaped 529
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Table, func, insert, inspect, or_, select, text, update
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Integer, func, insert, inspect, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import String
 
-from tollway.config import storage_url_problem
-from tollway.errors import ConfigError, Overloaded
+from tollway.errors import ConfigError
 from tollway.store import schema
-from tollway.store.records import AccountRecord, Budget, KeyRecord, LedgerEntry, UsageRecord, UsageSummary
+from tollway.store.engine import (
+    CONNECT_TIMEOUT,
+    POSTGRES_PREFIXES,
+    SQLITE_PREFIX,
+    StoreUnavailable,
+    async_url,
+    display_url,
+    unreachable,
+)
+from tollway.store.records import AccountRecord, KeyRecord, LedgerEntry, UsageRecord, UsageSummary
+from tollway.store.rows import (
+    SQLITE_ROWS_PER_STATEMENT,
+    account_values,
+    aware,
+    money_table,
+    order_as_sqlite,
+    pg_unnest_sql,
+    sqlite_insert_sql,
+    sqlite_time,
+    to_account,
+    to_entry,
+    to_key,
+)
+
+# Re-exported: callers found these here before they had a module of their own.
+__all__ = ["CONNECT_TIMEOUT", "POSTGRES_PREFIXES", "SQLITE_PREFIX", "SQLStore", "StoreUnavailable", "async_url",
+           "display_url", "unreachable"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Every revision in migrations/versions, oldest first (a test holds this to alembic's own list): the schema
@@ -35,8 +55,6 @@ REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 HEAD_REVISION = REVISIONS[-1]
 SUMMARY_GROUPS = ("key", "model", "upstream", "day")
 
-SQLITE_PREFIX = "sqlite:///"
-POSTGRES_PREFIXES = ("postgresql://", "postgres://")  # in tollway.config's STORAGE_URL_PREFIXES too
 # Any constant will do, as long as only migrations take it: two replicas that start `tollway migrate` at
 # once run it one after the other, and the second finds nothing left to do.
 _MIGRATION_LOCK = 0x746F6C6C776179
@@ -45,62 +63,6 @@ _MIGRATION_LOCK = 0x746F6C6C776179
 # reader passed that id, and never be counted: top-ups hold this lock from before their id is drawn until
 # their commit, and those readers wait for it (in shared mode, so they do not wait for each other).
 _TOPUP_LOCK = _MIGRATION_LOCK + 1
-CONNECT_TIMEOUT = 5.0
-"""Seconds a new PostgreSQL connection may take (asyncpg's own default is 60): bounds how long anything waits
-on a database that does not answer."""
-
-
-class StoreUnavailable(Overloaded):
-    """The database cannot be reached (stopped, restarting, out of connections, not answering). Rendered as
-    Anthropic's 529 ``overloaded_error`` with ``retry-after``, which the SDKs and Claude Code retry."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__("The gateway's database cannot be reached right now; please retry shortly.",
-                         headers={"retry-after": "2"})
-        self.cause = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
-
-
-def unreachable(error: BaseException) -> bool:
-    """Whether ``error`` means the database could not be reached or the connection was lost, rather than a
-    statement it refused (a constraint, a missing table: those are not outages, and keep their type)."""
-    import asyncpg  # type: ignore[import-untyped]  # here, on the error path: a SQLite process never loads it
-
-    lost = (OSError, sa_exc.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.InsufficientResourcesError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (StoreUnavailable, *lost)):
-            return True
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) and id(orig) not in seen else current.__cause__
-    return False
-
-
-def async_url(url: str) -> str:
-    """The SQLAlchemy URL with its asyncio driver for ``storage.url``."""
-    if url.startswith(SQLITE_PREFIX):
-        return "sqlite+aiosqlite:///" + url.removeprefix(SQLITE_PREFIX)
-    if url.startswith(POSTGRES_PREFIXES):
-        parsed = make_url(url).set(drivername="postgresql+asyncpg")
-        # URLs are often copied from libpq tools, whose sslmode asyncpg calls ssl (same values).
-        if "sslmode" in parsed.query:
-            mode = parsed.query["sslmode"]
-            parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
-        return parsed.render_as_string(hide_password=False)
-    raise ConfigError(f"storage.url: {storage_url_problem(url)}")
-
-
-def display_url(url: str) -> str:
-    """``storage.url`` fit for a banner or a log line: a PostgreSQL password is masked."""
-    if url.startswith(POSTGRES_PREFIXES):
-        return make_url(url).render_as_string(hide_password=True)
-    return url
-
-
 def _current_revision(conn: Connection) -> str | None:
     # Looking first, rather than catching the failed SELECT: on PostgreSQL a failed statement aborts the
     # transaction around it, and leaves an error in the server's log on every fresh start.
@@ -119,91 +81,6 @@ def _refuse_unknown(revision: str | None) -> None:
 
 
 # SQLite allows 32,766 bound values per statement; rows have 18.
-_SQLITE_ROWS_PER_STATEMENT = 1000
-
-
-def _sqlite_time(value: datetime) -> str:
-    # The text form SQLAlchemy's DateTime type reads back on SQLite (naive, UTC). isoformat is several
-    # times cheaper than strftime, and this runs for every row and ledger entry written.
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-@functools.cache
-def _sqlite_insert_sql(table: str, fields: tuple[str, ...], rows: int) -> str:
-    one = "(" + ", ".join("?" * len(fields)) + ")"
-    # OR IGNORE: a batch retried after a failure that came after its commit must not fail on its own rows.
-    return f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES " + ", ".join([one] * rows)
-
-
-@functools.cache
-def _pg_unnest_sql(table: Table, fields: tuple[str, ...], unique: tuple[str, ...]) -> str:
-    # Imported here: PostgreSQL's dialect module takes 50 ms to load, which a SQLite start does without.
-    from sqlalchemy.dialects import postgresql
-
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    arrays = ", ".join(f"${i}::{table.c[f].type.compile(dialect=dialect)}[]" for i, f in enumerate(fields, 1))
-    # DO NOTHING on the unique key: a batch retried after a failure that came after its commit must not fail
-    # on its own rows.
-    target = f"({', '.join(unique)}) " if unique else ""
-    return (f"INSERT INTO {table.name} ({', '.join(fields)}) SELECT * FROM unnest({arrays}) "
-            f"ON CONFLICT {target}DO NOTHING")
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything Tollway stores is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _order_as_sqlite(column: Any) -> ColumnElement[Any]:
-    if isinstance(column.type, String):
-        column = column.collate("C")
-    return column.nulls_first()  # type: ignore[no-any-return]
-
-
-def _budget(row: Any) -> Budget:
-    return Budget(prepaid=bool(row.prepaid), cap_nanousd=row.cap_nanousd, cap_period=row.cap_period)
-
-
-def _key(row: Any) -> KeyRecord:
-    created = _aware(row.created_at)
-    assert created is not None
-    return KeyRecord(id=row.id, name=row.name, secret_hash=row.secret_hash, hint=row.hint,
-                     models=tuple(row.models) if row.models is not None else None,
-                     created_at=created, revoked_at=_aware(row.revoked_at), rpm=row.rpm, itpm=row.itpm,
-                     otpm=row.otpm, max_concurrency=row.max_concurrency, account_id=row.account_id,
-                     budget=_budget(row))
-
-
-def _account(row: Any) -> AccountRecord:
-    created = _aware(row.created_at)
-    assert created is not None
-    return AccountRecord(id=row.id, name=row.name, created_at=created, budget=_budget(row))
-
-
-def _entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(int(row.at_us), row.owner, row.kind, int(row.amount_nanousd), row.request_id, row.note)
-
-
-def _money_table(owner: str) -> Any:
-    """The table holding ``owner``'s money limits, told by its id's prefix."""
-    if owner.startswith("acct_"):
-        return schema.accounts
-    if owner.startswith("key_"):
-        return schema.keys
-    raise ValueError(f"not a key or account id: {owner!r}")
-
-
-def _account_values(account: AccountRecord) -> dict[str, Any]:
-    b = account.budget
-    return {"id": account.id, "name": account.name, "created_at": account.created_at,
-            "updated_at": account.created_at, "prepaid": b.prepaid, "cap_nanousd": b.cap_nanousd,
-            "cap_period": b.cap_period}
-
-
 class SQLStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -310,7 +187,7 @@ class SQLStore:
         """Store a key, and with it (in the same transaction) ``account``, a new account of its own."""
         async with self._begin() as conn:
             if account is not None:
-                await conn.execute(insert(schema.accounts).values(**_account_values(account)))
+                await conn.execute(insert(schema.accounts).values(**account_values(account)))
             b = key.budget
             await conn.execute(insert(schema.keys).values(
                 id=key.id, name=key.name, secret_hash=key.secret_hash, hint=key.hint,
@@ -323,19 +200,19 @@ class SQLStore:
         async with self._connect() as conn:
             # The id breaks ties: without it PostgreSQL returns equal times in the order rows were last written.
             rows = await conn.execute(select(schema.keys).order_by(schema.keys.c.created_at, schema.keys.c.id))
-            return [_key(r) for r in rows]
+            return [to_key(r) for r in rows]
 
     async def keys_changed_since(self, since: datetime | None) -> list[KeyRecord]:
         query = select(schema.keys)
         if since is not None:
             query = query.where(schema.keys.c.updated_at >= since)
         async with self._connect() as conn:
-            return [_key(r) for r in await conn.execute(query)]
+            return [to_key(r) for r in await conn.execute(query)]
 
     async def key_by_hash(self, secret_hash: str) -> KeyRecord | None:
         async with self._connect() as conn:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.secret_hash == secret_hash))).first()
-        return None if row is None else _key(row)
+        return None if row is None else to_key(row)
 
     async def update_key_limits(self, key_id: str, limits: dict[str, int | None]) -> bool:
         """Set some of rpm, itpm, otpm, max_concurrency (None removes a limit); True if the key exists."""
@@ -348,7 +225,7 @@ class SQLStore:
     async def key(self, key_id: str) -> KeyRecord | None:
         async with self._connect() as conn:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.id == key_id))).first()
-        return None if row is None else _key(row)
+        return None if row is None else to_key(row)
 
     async def revoke_key(self, key_id: str) -> bool:
         now = datetime.now(UTC)
@@ -362,32 +239,32 @@ class SQLStore:
 
     async def insert_account(self, account: AccountRecord) -> None:
         async with self._begin() as conn:
-            await conn.execute(insert(schema.accounts).values(**_account_values(account)))
+            await conn.execute(insert(schema.accounts).values(**account_values(account)))
 
     async def list_accounts(self) -> list[AccountRecord]:
         async with self._connect() as conn:
             rows = await conn.execute(select(schema.accounts).order_by(schema.accounts.c.created_at,
                                                                        schema.accounts.c.id))
-            return [_account(r) for r in rows]
+            return [to_account(r) for r in rows]
 
     async def account(self, ref: str) -> AccountRecord | None:
         """The account with this id or name."""
         a = schema.accounts
         async with self._connect() as conn:
             row = (await conn.execute(select(a).where(or_(a.c.id == ref, a.c.name == ref)))).first()
-        return None if row is None else _account(row)
+        return None if row is None else to_account(row)
 
     async def accounts_changed_since(self, since: datetime | None) -> list[AccountRecord]:
         query = select(schema.accounts)
         if since is not None:
             query = query.where(schema.accounts.c.updated_at >= since)
         async with self._connect() as conn:
-            return [_account(r) for r in await conn.execute(query)]
+            return [to_account(r) for r in await conn.execute(query)]
 
     async def set_budget(self, owner: str, changes: dict[str, Any]) -> bool:
         """Set some of ``prepaid``, ``cap_nanousd`` and ``cap_period`` on a key or an account; True if it
         exists."""
-        table = _money_table(owner)
+        table = money_table(owner)
         async with self._begin() as conn:
             result = await conn.execute(update(table).where(table.c.id == owner)
                                         .values(**changes, updated_at=datetime.now(UTC)))
@@ -396,7 +273,7 @@ class SQLStore:
     async def topup(self, owner: str, amount_nanousd: int, note: str | None = None) -> int | None:
         """Add money to a key's or account's balance (which makes it prepaid); its new balance, or None if
         there is no such owner."""
-        table = _money_table(owner)
+        table = money_table(owner)
         now = datetime.now(UTC)
         async with self._begin() as conn:
             if self.dialect == "postgresql":
@@ -458,7 +335,7 @@ class SQLStore:
         async with self._connect() as conn:
             if after_id is not None:
                 await self._after_topups_in_flight(conn)
-            return [(int(r.id), _entry(r)) for r in await conn.execute(query)]
+            return [(int(r.id), to_entry(r)) for r in await conn.execute(query)]
 
     async def open_reserves(self) -> list[LedgerEntry]:
         """Reserves that no settle or release followed: their requests were cut off by a stop."""
@@ -467,7 +344,7 @@ class SQLStore:
                                          done.c.kind.in_(("settle", "release")))
         async with self._connect() as conn:
             rows = await conn.execute(select(g).where(g.c.kind == "reserve", ~closed.exists()).order_by(g.c.id))
-            return [_entry(r) for r in rows]
+            return [to_entry(r) for r in rows]
 
     # -- usage --------------------------------------------------------------------------------------
 
@@ -481,24 +358,24 @@ class SQLStore:
                 # Many rows per statement, as plain tuples: one step of SQLite's engine (and one GIL
                 # hand-off by its driver thread) per chunk, not per row, and no per-row SQLAlchemy work.
                 # Measured under load: about 10% less CPU per gateway request than Core executemany.
-                for start in range(0, len(records), _SQLITE_ROWS_PER_STATEMENT):
-                    chunk = records[start:start + _SQLITE_ROWS_PER_STATEMENT]
-                    params = tuple(v for r in chunk for v in (r[0], _sqlite_time(r.created_at), *r[2:]))
-                    await conn.exec_driver_sql(_sqlite_insert_sql("usage", UsageRecord._fields, len(chunk)), params)
-                for start in range(0, len(entries), _SQLITE_ROWS_PER_STATEMENT):
-                    part = entries[start:start + _SQLITE_ROWS_PER_STATEMENT]
+                for start in range(0, len(records), SQLITE_ROWS_PER_STATEMENT):
+                    chunk = records[start:start + SQLITE_ROWS_PER_STATEMENT]
+                    params = tuple(v for r in chunk for v in (r[0], sqlite_time(r.created_at), *r[2:]))
+                    await conn.exec_driver_sql(sqlite_insert_sql("usage", UsageRecord._fields, len(chunk)), params)
+                for start in range(0, len(entries), SQLITE_ROWS_PER_STATEMENT):
+                    part = entries[start:start + SQLITE_ROWS_PER_STATEMENT]
                     params = tuple(itertools.chain.from_iterable(part))
-                    await conn.exec_driver_sql(_sqlite_insert_sql("ledger", LedgerEntry._fields, len(part)), params)
+                    await conn.exec_driver_sql(sqlite_insert_sql("ledger", LedgerEntry._fields, len(part)), params)
             else:
                 # One statement per table whatever the batch's size: each column goes as one array parameter
                 # and unnest() turns the arrays back into rows. Measured on 10,000 requests' rows and entries:
                 # half the client CPU of an executemany, and a third less time.
                 if records:
-                    await conn.exec_driver_sql(_pg_unnest_sql(schema.usage, UsageRecord._fields, ("request_id",)),
+                    await conn.exec_driver_sql(pg_unnest_sql(schema.usage, UsageRecord._fields, ("request_id",)),
                                                tuple(map(list, zip(*records, strict=True))))
                 if entries:
                     await conn.exec_driver_sql(
-                        _pg_unnest_sql(schema.ledger, LedgerEntry._fields, ()),
+                        pg_unnest_sql(schema.ledger, LedgerEntry._fields, ()),
                         tuple(map(list, zip(*entries, strict=True))))
 
     async def usage_rows(self, limit: int = 1000) -> list[UsageRecord]:
@@ -508,7 +385,7 @@ class SQLStore:
             out = []
             for r in rows:
                 values = {f: getattr(r, f) for f in UsageRecord._fields}
-                values["created_at"] = _aware(values["created_at"])
+                values["created_at"] = aware(values["created_at"])
                 out.append(UsageRecord(**values))
             return out
 
@@ -544,7 +421,7 @@ class SQLStore:
                                          "upstream": [u.c.upstream], "day": [day.label("day")]}
         groups = [c for g in SUMMARY_GROUPS if g in by for c in columns[g]]
         # SQLite's order (NULL first, text by bytes) on PostgreSQL too, whatever the database's collation.
-        order = [_order_as_sqlite(c) for c in groups] if postgres else groups
+        order = [order_as_sqlite(c) for c in groups] if postgres else groups
         query = (
             select(*groups, func.count().label("requests"),
                    func.sum((u.c.status >= 400).cast(Integer)).label("errors"),
