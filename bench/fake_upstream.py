@@ -15,7 +15,14 @@ drawn from `random.Random(--seed)`, by HTTP 500 and Anthropic's error body
 `{"type":"error","error":{"type":"api_error","message":"Internal server error"}}` instead of the answer.
 The other endpoints never fail. On shutdown it prints how many messages requests it answered and failed.
 
+With `--delta-interval-ms MS`, an Anthropic stream is a slow one, like a model writing: its head
+(`message_start`, `content_block_start`, `ping`) at once, then `--deltas N` `content_block_delta` events
+(default 10, cycling through the ten text pieces) with a sleep of MS before each, then the three closing
+events. `bench/streams.py` uses it to hold thousands of streams open (`--deltas 20 --delta-interval-ms 1000`:
+20 s each). `--frame-gap-ms` is then ignored for Anthropic streams.
+
     python bench/fake_upstream.py --port 18080 [--frame-gap-ms 0] [--fail-rate 0.2 --seed 1]
+    python bench/fake_upstream.py --port 18080 --deltas 20 --delta-interval-ms 1000
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ def _split(blob: bytes) -> Parts:
 class Templates:
     """Pre-serialised Anthropic responses for one model name."""
 
-    __slots__ = ("message", "stream", "stream_frames")
+    __slots__ = ("deltas", "head", "message", "stream", "stream_frames", "tail")
 
     def __init__(self, model: str) -> None:
         message = {
@@ -153,6 +160,10 @@ class Templates:
         # Only message_start carries the id; the other frames split into one part, written verbatim.
         self.stream = _split(b"".join(frames))
         self.stream_frames = [f.split(_ID_PLACEHOLDER) for f in frames]
+        # The slow mode's pieces: the three head frames, the delta frames (cycled), the three closing ones.
+        self.head = _split(b"".join(frames[:3]))
+        self.deltas = frames[3:-3]
+        self.tail = b"".join(frames[-3:])
 
 
 def _chat_head(model: str, obj: str) -> dict[str, Any]:
@@ -240,8 +251,12 @@ async def _payload(request: web.BaseRequest) -> dict[str, Any] | str:
 
 
 class FakeUpstream:
-    def __init__(self, frame_gap: float, fail_rate: float = 0.0, seed: int = 1) -> None:
+    def __init__(
+        self, frame_gap: float, fail_rate: float = 0.0, seed: int = 1, deltas: int = 10, delta_interval: float = 0.0
+    ) -> None:
         self.frame_gap = frame_gap
+        self.deltas = deltas
+        self.delta_interval = delta_interval
         self.fail_rate = fail_rate
         self.rng = random.Random(seed)
         self.messages_answered = 0
@@ -274,7 +289,23 @@ class FakeUpstream:
             return failed
         if payload.get("stream") is not True:
             return web.Response(body=msg_id.join(tpl.message), headers={**_JSON, "request-id": req_id})
+        if self.delta_interval > 0:
+            return await self.slow_stream(request, {**_SSE, "request-id": req_id}, msg_id, tpl)
         return await self.stream(request, {**_SSE, "request-id": req_id}, msg_id, tpl.stream, tpl.stream_frames)
+
+    async def slow_stream(
+        self, request: web.BaseRequest, headers: dict[str, str], ident: bytes, tpl: Templates
+    ) -> web.StreamResponse:
+        """The head at once, then one delta per interval, then the end: a model writing slowly."""
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        await resp.write(ident.join(tpl.head))
+        for i in range(self.deltas):
+            await asyncio.sleep(self.delta_interval)
+            await resp.write(tpl.deltas[i % len(tpl.deltas)])
+        await resp.write(tpl.tail)
+        await resp.write_eof()
+        return resp
 
     async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
         payload = await _payload(request)
@@ -305,12 +336,14 @@ class FakeUpstream:
         return resp
 
 
-async def serve(port: int, frame_gap: float, fail_rate: float = 0.0, seed: int = 1) -> None:
-    fake = FakeUpstream(frame_gap, fail_rate, seed)
+async def serve(
+    port: int, frame_gap: float, fail_rate: float = 0.0, seed: int = 1, deltas: int = 10, delta_interval: float = 0.0
+) -> None:
+    fake = FakeUpstream(frame_gap, fail_rate, seed, deltas, delta_interval)
     server = web.Server(fake.handle, access_log=None)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -340,10 +373,17 @@ def main() -> None:
         help="probability that a POST /v1/messages gets HTTP 500 api_error instead of its answer (default 0)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the --fail-rate draws (default 1)")
+    parser.add_argument("--deltas", type=int, default=10,
+                        help="text deltas per Anthropic stream in the slow mode (default 10)")
+    parser.add_argument("--delta-interval-ms", type=float, default=0.0,
+                        help="slow mode: sleep this long before each delta of an Anthropic stream (0: off)")
     args = parser.parse_args()
     if not 0.0 <= args.fail_rate <= 1.0:
         parser.error("--fail-rate must be between 0 and 1")
-    uvloop.run(serve(args.port, args.frame_gap_ms / 1000.0, args.fail_rate, args.seed))
+    if args.deltas < 1:
+        parser.error("--deltas must be at least 1")
+    uvloop.run(serve(args.port, args.frame_gap_ms / 1000.0, args.fail_rate, args.seed, args.deltas,
+                     args.delta_interval_ms / 1000.0))
 
 
 if __name__ == "__main__":

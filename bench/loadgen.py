@@ -1,4 +1,8 @@
-"""Closed-loop load generator: `concurrency` workers share one ClientSession and a bounded request count."""
+"""Closed-loop load generator: `concurrency` workers share one ClientSession and a bounded request count.
+
+Each request is timed twice: to its first body byte (TTFB: the first SSE event of a stream) and to its last.
+`ttfb_pairs` times one target against another, request by request, to get what a hop adds to the first byte.
+"""
 
 from __future__ import annotations
 
@@ -74,15 +78,14 @@ class LoadResult:
     errors: int = 0
     elapsed: float = 0.0
     latencies_ns: list[int] = field(default_factory=list)
+    ttfb_ns: list[int] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
     def percentile_ms(self, q: float) -> float | None:
-        if not self.latencies_ns:
-            return None
-        ordered = sorted(self.latencies_ns)
-        # Nearest rank: an observed latency, never an interpolation between two.
-        rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
-        return ordered[rank - 1] / 1e6
+        return percentile_ms(self.latencies_ns, q)
+
+    def ttfb_percentile_ms(self, q: float) -> float | None:
+        return percentile_ms(self.ttfb_ns, q)
 
     @property
     def rps(self) -> float:
@@ -94,8 +97,21 @@ class LoadResult:
             self.error_samples.append(text)
 
 
+def percentile_ms(values_ns: list[int], q: float) -> float | None:
+    if not values_ns:
+        return None
+    ordered = sorted(values_ns)
+    # Nearest rank: an observed value, never an interpolation between two.
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
+    return ordered[rank - 1] / 1e6
+
+
 def new_session(max_connections: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0)
+    """max_connections 0: no cap (the streams bench holds thousands open)."""
+    # Idle connections are dropped after 2 s (checked every 2 s, so at most 4 s idle): below uvicorn's 5 s
+    # keep-alive (LiteLLM), which would otherwise close a pooled connection just as it is reused, and a POST
+    # on it fails ("Can not write request body"). Within a cell no connection sits idle that long.
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=2.0)
     # Per-request cap: a hung server costs one timeout per worker, not the whole run.
     timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
@@ -125,10 +141,7 @@ async def run_load(
             issued += 1
             t0 = time.perf_counter_ns()
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    # The whole body, as a real client would, so streams are timed to their last event.
-                    data = await resp.read()
-                    status = resp.status
+                status, data, first = await _one(session, url, body, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 result.note_error(f"{type(exc).__name__}: {exc}")
                 continue
@@ -139,7 +152,73 @@ async def run_load(
             else:
                 result.ok += 1
                 result.latencies_ns.append(time.perf_counter_ns() - t0)
+                result.ttfb_ns.append(first - t0)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes, int]:
+    """(status, the whole body, perf_counter_ns when its first byte arrived)."""
+    async with session.post(url, data=body, headers=headers) as resp:
+        # The whole body, as a real client would, so streams are timed to their last event.
+        first = await resp.content.readany()
+        first_ns = time.perf_counter_ns()
+        rest = await resp.content.read()
+        return resp.status, first + rest, first_ns
+
+
+@dataclass
+class Leg:
+    """One side of a TTFB comparison."""
+
+    url: str
+    headers: dict[str, str]
+    workload: Workload
+
+
+@dataclass
+class PairedTtfb:
+    """Time to first byte of the same request sent to `base` and to `hop`, one after the other, `pairs` times."""
+
+    base_ns: list[int] = field(default_factory=list)
+    hop_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def added_ns(self) -> list[int]:
+        return [h - b for b, h in zip(self.base_ns, self.hop_ns, strict=True)]
+
+
+async def ttfb_pairs(
+    session: aiohttp.ClientSession, base: Leg, hop: Leg, stream: bool, pairs: int, time_limit: float
+) -> PairedTtfb:
+    """At concurrency 1, request i goes to both targets, in turns (base first on even i, hop first on odd i),
+    so that each pair shares the moment's machine load; a pair with a failure on either side is dropped."""
+    result = PairedTtfb()
+    mode = "stream" if stream else "non-stream"
+    deadline = time.perf_counter() + time_limit
+    for i in range(pairs):
+        if time.perf_counter() > deadline:
+            break
+        order = (base, hop) if i % 2 == 0 else (hop, base)
+        seen: dict[int, int] = {}
+        for leg in order:
+            t0 = time.perf_counter_ns()
+            try:
+                status, data, first = await _one(session, leg.url, leg.workload.bodies[mode], leg.headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, data, first = -1, f"{type(exc).__name__}: {exc}".encode(), 0
+            if status != 200 or (stream and leg.workload.stream_end not in data[-200:]):
+                result.errors += 1
+                if len(result.error_samples) < MAX_ERROR_SAMPLES:
+                    result.error_samples.append(f"{leg.url}: {status} {data[:200]!r}")
+                break
+            seen[id(leg)] = first - t0
+        else:
+            result.base_ns.append(seen[id(base)])
+            result.hop_ns.append(seen[id(hop)])
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -215,6 +216,48 @@ def cpu_sample(root: int) -> tuple[int, int]:
             ticks += int(fields[11]) + int(fields[12])
             ns += _sched_ns(pid)
     return ticks, ns
+
+
+def raise_nofile(wanted: int = 65536) -> int:
+    """Raise this process's open-file limit toward `wanted` (as far as the hard limit allows); servers started
+    afterwards inherit it. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_kb(root: int) -> dict[str, int]:
+    """Resident memory of a process and its live descendants, in KiB: `rss` now (VmRSS) and `peak` (VmHWM,
+    the most it has held since it started or since reset_peak), each summed over the processes."""
+    pids = _descendants(root)
+    return {"rss": sum(_status_kb(p, "VmRSS") for p in pids), "peak": sum(_status_kb(p, "VmHWM") for p in pids)}
+
+
+def reset_peak(root: int) -> bool:
+    """Set VmHWM back to the current RSS for a process and its descendants (`5` to /proc/PID/clear_refs, which
+    Linux allows for one's own processes), so the next memory_kb's peak is that of what ran in between.
+    False if the kernel refused: the peak then counts from the process's start."""
+    ok = True
+    for pid in _descendants(root):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            ok = False
+    return ok
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Benchmark Tollway against a bare aiohttp relay and the fake upstream itself, side by side on loopback.
+"""Benchmark Tollway against a bare aiohttp relay, LiteLLM's proxy and the fake upstream itself, on loopback.
 
     .venv/bin/python bench/run.py [--requests N] [--quick]
 
-Starts the fake upstream, the bare relay and Tollway as subprocesses, measures non-stream and stream at
-each concurrency, for the anthropic passthrough and the openai translation, prints a markdown table and
-writes bench/results/latest.json. See bench/README.md.
+Starts the fake upstream, the bare relay, Tollway and LiteLLM as subprocesses, measures non-stream and
+stream at each concurrency (1, 32, 256), for the anthropic passthrough and the openai translation, then what
+each hop adds to the time to first byte; prints a markdown table and writes bench/results/latest.json and a
+chart, bench/results/latest.png. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import litellm_proxy
 import orjson
 import uvloop
 from loadgen import (
@@ -31,12 +33,15 @@ from loadgen import (
     OPENAI_CLIENT_MODEL,
     OPENAI_DIRECT,
     OPENAI_UPSTREAM_MODEL,
+    Leg,
     LoadResult,
     Workload,
     client_headers,
     new_session,
     openai_headers,
+    percentile_ms,
     run_load,
+    ttfb_pairs,
 )
 from procs import (
     BENCH_REDIS,
@@ -48,21 +53,29 @@ from procs import (
     create_tollway_key,
     free_port,
     git_commit,
+    memory_kb,
     raise_interrupt,
+    raise_nofile,
+    reset_peak,
     tollway_candidates,
     wait_http_ok,
     wait_tcp,
     write_tollway_config,
 )
-from report import markdown, metering, ratios, scale_out, translation
+from report import chart, goals, markdown, metering, ratios, scale_out, translation, versus_litellm
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
-TARGETS = ("direct", "relay", "tollway", "tollway-limited", "tollway-shared", "direct-openai", "tollway-openai")
+CHART = BENCH / "results" / "latest.png"
+TARGETS = ("direct", "relay", "tollway", "tollway-limited", "tollway-shared", "litellm", "direct-openai",
+           "tollway-openai")
 # tollway-shared: the tollway-limited row on PostgreSQL and Redis (what scale-out costs a replica); it is
 # skipped when they are not reachable at procs.BENCH_POSTGRES and procs.BENCH_REDIS.
+# litellm: LiteLLM's proxy in its own venv (bench/litellm_proxy.py); skipped if it cannot be installed or started.
 MODES = ("non-stream", "stream")
+TTFB_HOPS = ("relay", "tollway", "tollway-limited", "litellm")
+"""The rows whose added time to first byte over `direct` is measured, request by request."""
 
 
 @dataclass
@@ -73,6 +86,8 @@ class Target:
     process: Server
     """The process whose CPU is charged to this row."""
     workload: Workload = ANTHROPIC
+    share: float = 1.0
+    """The fraction of a cell's requests this target gets (LiteLLM is slow: its cells would take minutes)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,7 +95,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="measured requests per c>1 cell (default 2000, quick 300)")
     parser.add_argument("--requests-c1", type=int, help="measured requests per c=1 cell (default requests/4)")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
-    parser.add_argument("--concurrency", default="1,32", help="comma-separated levels (default 1,32)")
+    parser.add_argument("--concurrency", default="1,32,256", help="comma-separated levels (default 1,32,256)")
+    parser.add_argument("--litellm-share", type=float, default=0.25,
+                        help="fraction of each cell's requests the litellm row gets (default 0.25; at least c)")
+    parser.add_argument("--litellm-reinstall", action="store_true",
+                        help="throw away .cache/bench-litellm-venv and install litellm[proxy] again")
+    parser.add_argument("--ttfb-pairs", type=int,
+                        help="requests per target in the TTFB comparison, stream, c=1 (default 1000, quick 100)")
+    parser.add_argument("--no-chart", action="store_true", help="do not write results/latest.png")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each cell this many times, targets taking turns; keep the median (default 1)")
@@ -101,6 +123,8 @@ def parse_args() -> argparse.Namespace:
         args.requests = 300 if args.quick else 2000
     if args.requests_c1 is None:
         args.requests_c1 = max(1, args.requests // 4)
+    if args.ttfb_pairs is None:
+        args.ttfb_pairs = 100 if args.quick else 1000
     return args
 
 
@@ -140,6 +164,15 @@ def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> t
             skipped["tollway-shared"] = why
         else:
             targets.append(shared)
+    if "litellm" in args.targets:
+        port = free_port()
+        proxy, why = litellm_proxy.start(tmp, fake_port, port, servers, args.litellm_reinstall)
+        if proxy is None:
+            skipped["litellm"] = why
+        else:
+            url = f"http://127.0.0.1:{port}/v1/messages"
+            targets.append(Target("litellm", url, client_headers(litellm_proxy.MASTER_KEY), proxy,
+                                  share=args.litellm_share))
     return sorted(targets, key=lambda t: TARGETS.index(t.name)), skipped
 
 
@@ -244,7 +277,13 @@ def _own_cpu() -> float:
     return t.user + t.system
 
 
-def summarise(target: Target, mode: str, c: int, res: LoadResult, cpu: Cpu, up: Cpu, gen: float) -> dict[str, Any]:
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def summarise(
+    target: Target, mode: str, c: int, res: LoadResult, cpu: Cpu, up: Cpu, gen: float, mem: dict[str, int]
+) -> dict[str, Any]:
     done = res.ok + res.errors
 
     def per_req(seconds: float) -> float | None:
@@ -261,6 +300,10 @@ def summarise(target: Target, mode: str, c: int, res: LoadResult, cpu: Cpu, up: 
         "rps": round(res.rps, 1),
         "p50_ms": None if p50 is None else round(p50, 3),
         "p99_ms": None if p99 is None else round(p99, 3),
+        "ttfb_p50_ms": _ms(res.ttfb_percentile_ms(0.50)),
+        "ttfb_p99_ms": _ms(res.ttfb_percentile_ms(0.99)),
+        "peak_rss_mb": round(mem["peak"] / 1024, 1),
+        "rss_after_mb": round(mem["rss"] / 1024, 1),
         "cpu_process": target.process.name,
         "cpu_ticks": cpu.ticks,
         "cpu_us_per_req": per_req(cpu.ticks / CLK_TCK),
@@ -271,43 +314,101 @@ def summarise(target: Target, mode: str, c: int, res: LoadResult, cpu: Cpu, up: 
     }
 
 
-async def measure(targets: list[Target], fake: Server, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def measure(
+    targets: list[Target], fake: Server, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     async with new_session(max(args.concurrency) * 2) as session:
         # Mode and concurrency outermost, so the rows being compared run minutes apart, not tens of minutes.
         for mode in MODES:
             for c in args.concurrency:
-                total = args.requests_c1 if c == 1 else args.requests
-                warmup = max(c, min(200, total // 10))
                 rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
                 # Targets take turns round after round, so a slow spell of the shared machine (or the
                 # previous cell's rows being written) falls on all of them; each keeps its median round.
                 for _ in range(args.rounds):
                     for t in targets:
+                        total = max(c, round((args.requests_c1 if c == 1 else args.requests) * t.share))
+                        warmup = max(c, min(200, total // 10))
                         stream = mode == "stream"
                         await run_load(session, t.url, t.headers, t.workload, stream, c, warmup, args.cell_timeout)
+                        # The peak is the cell's own: VmHWM set back to the current RSS before it.
+                        reset_peak(t.process.pid)
                         cpu0, up0, gen0 = cpu_of(t.process), cpu_of(fake), _own_cpu()
                         res = await run_load(session, t.url, t.headers, t.workload, stream, c, total,
                                              args.cell_timeout)
                         cpu, up, gen = cpu_of(t.process) - cpu0, cpu_of(fake) - up0, _own_cpu() - gen0
-                        rounds[t.name].append(summarise(t, mode, c, res, cpu, up, gen))
+                        mem = memory_kb(t.process.pid)
+                        rounds[t.name].append(summarise(t, mode, c, res, cpu, up, gen, mem))
                 for t in targets:
                     ordered = sorted(rounds[t.name], key=lambda cell: float(cell["cpu_us_per_req"]))
                     cell = ordered[len(ordered) // 2]
                     cell["rounds_cpu_us_per_req"] = [r["cpu_us_per_req"] for r in rounds[t.name]]
                     cells.append(cell)
                     print(
-                        f"  {t.name:14} {mode:10} c={c:<3} {cell['rps']:>9} req/s  p50 {cell['p50_ms']} ms  "
+                        f"  {t.name:15} {mode:10} c={c:<3} {cell['rps']:>9} req/s  p50 {cell['p50_ms']} ms  "
                         f"p99 {cell['p99_ms']} ms  errors {cell['errors']}  cpu {cell['cpu_us_per_req']} us/req "
-                        f"(sched {cell['cpu_sched_us_per_req']}; rounds {cell['rounds_cpu_us_per_req']})",
+                        f"(sched {cell['cpu_sched_us_per_req']}; rounds {cell['rounds_cpu_us_per_req']})  "
+                        f"peak {cell['peak_rss_mb']} MB",
                         flush=True,
                     )
-    return cells
+        ttfb = await measure_ttfb(session, targets, args)
+    return cells, ttfb
+
+
+async def measure_ttfb(session: Any, targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+    """What each hop adds to the first byte of a stream at c=1: every request sent to `direct` and to the hop
+    one after the other (turns alternating), the difference taken per pair. p99 of the differences is the
+    figure; p99 of the hop's TTFB minus p99 of direct's is given too."""
+    by_name = {t.name: t for t in targets}
+    direct = by_name.get("direct")
+    found: dict[str, Any] = {}
+    if direct is None:
+        return found
+    base = Leg(direct.url, direct.headers, direct.workload)
+    for name in TTFB_HOPS:
+        hop = by_name.get(name)
+        if hop is None:
+            continue
+        leg = Leg(hop.url, hop.headers, hop.workload)
+        await ttfb_pairs(session, base, leg, True, 50, args.cell_timeout)  # warm-up
+        pairs = max(20, round(args.ttfb_pairs * hop.share))
+        res = await ttfb_pairs(session, base, leg, True, pairs, args.cell_timeout)
+        added = res.added_ns()
+        hop_p99, base_p99 = percentile_ms(res.hop_ns, 0.99), percentile_ms(res.base_ns, 0.99)
+        found[name] = {
+            "pairs": len(added),
+            "errors": res.errors,
+            "added_p50_ms": _ms(percentile_ms(added, 0.50)),
+            "added_p99_ms": _ms(percentile_ms(added, 0.99)),
+            "ttfb_p50_ms": _ms(percentile_ms(res.hop_ns, 0.50)),
+            "ttfb_p99_ms": _ms(hop_p99),
+            "direct_ttfb_p50_ms": _ms(percentile_ms(res.base_ns, 0.50)),
+            "direct_ttfb_p99_ms": _ms(base_p99),
+            "p99_minus_direct_p99_ms": _ms(hop_p99 - base_p99 if hop_p99 is not None and base_p99 is not None
+                                           else None),
+            "error_samples": res.error_samples,
+        }
+        row = found[name]
+        print(f"  ttfb {name:15} added p50 {row['added_p50_ms']} ms  p99 {row['added_p99_ms']} ms  "
+              f"({row['pairs']} pairs, {row['errors']} errors)", flush=True)
+    return found
+
+
+def _side_results(name: str) -> dict[str, Any] | None:
+    """streams.json or startup.json from their own scripts, if they were run: their summaries join the goals."""
+    path = BENCH / "results" / name
+    try:
+        doc: dict[str, Any] = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return doc
 
 
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, raise_interrupt)
+    # c=256 holds hundreds of sockets per target in this process; the servers inherit the limit.
+    nofile = raise_nofile()
     tmp = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     servers: list[Server] = []
     keep_tmp = args.keep_tmp
@@ -316,11 +417,18 @@ def main() -> int:
         for name, why in skipped.items():
             print(f"!! {name} skipped:\n{why}\n", file=sys.stderr, flush=True)
             keep_tmp = True
-        print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} targets={[t.name for t in targets]} tmp={tmp}")
+        print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} nofile={nofile} targets={[t.name for t in targets]} "
+              f"tmp={tmp}")
         started = time.monotonic()
-        cells = uvloop.run(measure(targets, servers[0], args))
+        cells, ttfb = uvloop.run(measure(targets, servers[0], args))
+        # Each server's peak since it started (all cells), before they are stopped.
+        memory = {s.name: {k: round(v / 1024, 1) for k, v in memory_kb(s.pid).items()}
+                  for s in servers if s.alive()}
         rat, trans, meter, shared = ratios(cells), translation(cells), metering(cells), scale_out(cells)
-        print("\n" + markdown(cells, rat, trans, skipped, meter, shared) + "\n")
+        vs = versus_litellm(cells)
+        side = {"streams": _side_results("streams.json"), "startup": _side_results("startup.json")}
+        goal = goals(cells, ttfb, side)
+        print("\n" + markdown(cells, rat, trans, skipped, meter, shared, vs, ttfb, goal) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_commit(REPO),
@@ -330,13 +438,21 @@ def main() -> int:
             "wall_seconds": round(time.monotonic() - started, 1),
             "args": {k: v for k, v in vars(args).items()},
             "tollway_command": next((s.argv for s in servers if s.name == "tollway"), None),
+            "litellm_command": next((s.argv for s in servers if s.name == "litellm"), None),
+            "litellm_version": litellm_proxy.version() if any(s.name == "litellm" for s in servers) else None,
+            "nofile": nofile,
+            "loadavg_at_end": os.getloadavg(),
+            "memory_mb_by_process": memory,
         }
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         doc = {"meta": meta, "cells": cells, "ratios": rat, "translation": trans, "metering": meter,
-               "scale_out": shared,
+               "scale_out": shared, "versus_litellm": vs, "ttfb": ttfb, "goals": goal,
                "skipped": skipped}
         RESULTS.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"wrote {RESULTS.relative_to(REPO)}")
+        if not args.no_chart:
+            why_not = chart(cells, CHART, f"commit {meta['commit']}, {meta['when']}, {os.cpu_count()} cores")
+            print(f"wrote {CHART.relative_to(REPO)}" if why_not is None else f"no chart: {why_not}")
         return 1 if any(c["errors"] for c in cells) else 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping servers", file=sys.stderr)
