@@ -44,6 +44,16 @@ def git_commit(repo: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def git_dirty(repo: Path, paths: Sequence[str] = ("src",)) -> bool | None:
+    """Whether the tree has uncommitted changes under `paths` (the code measured is then not `git_commit`'s)."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", *paths],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
 def bench_database(database: str) -> tuple[str | None, str]:
     """A fresh PostgreSQL database on BENCH_POSTGRES's server: its URL, or None and why not."""
     import asyncio

@@ -53,6 +53,7 @@ from procs import (
     create_tollway_key,
     free_port,
     git_commit,
+    git_dirty,
     memory_kb,
     raise_interrupt,
     raise_nofile,
@@ -419,7 +420,7 @@ def main() -> int:
             keep_tmp = True
         print(f"cores={os.cpu_count()} clk_tck={CLK_TCK} nofile={nofile} targets={[t.name for t in targets]} "
               f"tmp={tmp}")
-        started = time.monotonic()
+        started, load_at_start = time.monotonic(), os.getloadavg()
         cells, ttfb = uvloop.run(measure(targets, servers[0], args))
         # Each server's peak since it started (all cells), before they are stopped.
         memory = {s.name: {k: round(v / 1024, 1) for k, v in memory_kb(s.pid).items()}
@@ -431,7 +432,7 @@ def main() -> int:
         print("\n" + markdown(cells, rat, trans, skipped, meter, shared, vs, ttfb, goal) + "\n")
         meta = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(REPO),
+            "commit": git_commit(REPO), "src_uncommitted_changes": git_dirty(REPO),
             "python": platform.python_version(),
             "cores": os.cpu_count(),
             "clk_tck": CLK_TCK,
@@ -441,6 +442,7 @@ def main() -> int:
             "litellm_command": next((s.argv for s in servers if s.name == "litellm"), None),
             "litellm_version": litellm_proxy.version() if any(s.name == "litellm" for s in servers) else None,
             "nofile": nofile,
+            "loadavg_at_start": load_at_start,
             "loadavg_at_end": os.getloadavg(),
             "memory_mb_by_process": memory,
         }

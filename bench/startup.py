@@ -43,6 +43,7 @@ from procs import (
     create_tollway_key,
     free_port,
     git_commit,
+    git_dirty,
     log_tail,
     tollway_candidates,
     wait_tcp,
@@ -185,6 +186,7 @@ def main() -> int:
                     print(_line(f"litellm, run {i + 1}", lite[-1]), flush=True)
                 results["litellm"] = {**summary(lite), "version": litellm_proxy.version()}
         meta = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": git_commit(REPO),
+                "src_uncommitted_changes": git_dirty(REPO),
                 "python": platform.python_version(), "cores": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
                 "args": vars(args)}
         doc = {"meta": meta, "summary": results["existing_database"], **results}

@@ -49,6 +49,7 @@ from procs import (
     create_tollway_key,
     free_port,
     git_commit,
+    git_dirty,
     memory_kb,
     raise_interrupt,
     raise_nofile,
@@ -288,6 +289,7 @@ def main() -> int:
         for sample in s["error_samples"]:
             print(f"  error: {sample}")
         meta = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": git_commit(REPO),
+                "src_uncommitted_changes": git_dirty(REPO),
                 "python": platform.python_version(), "cores": os.cpu_count(), "clk_tck": CLK_TCK, "nofile": nofile,
                 "loadavg_at_end": os.getloadavg(), "args": vars(args)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
