@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -594,26 +596,31 @@ def test_key_limits_expand_env_vars_and_name_missing_ones() -> None:
 # -- the admin API --------------------------------------------------------------------------------------------------
 
 ADMIN_TOKEN = "0123456789abcdef0123"
+ADMIN_DIGEST = hashlib.sha256(ADMIN_TOKEN.encode()).digest()
 
 
 def test_no_admin_token_by_default() -> None:
-    assert parse(minimal()).admin == AdminConfig(token=None)
-    assert parse(minimal(admin={})).admin.token is None
-    assert default_config({"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin.token is None  # only a config turns it on
+    assert parse(minimal()).admin == AdminConfig(token=None) == AdminConfig()
+    assert not parse(minimal(admin={})).admin.enabled
+    assert not default_config({"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin.enabled  # only a config turns it on
 
 
-def test_admin_token_from_the_environment() -> None:
+def test_admin_token_from_the_environment_is_kept_hashed() -> None:
     config = parse(minimal(admin={"token": "${TOLLWAY_ADMIN_TOKEN}"}), {"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN})
-    assert config.admin.token == ADMIN_TOKEN
-    assert ADMIN_TOKEN not in repr(config)  # a logged config does not show it
+    assert config.admin.enabled and config.admin.token_sha256 == ADMIN_DIGEST
+    assert config.admin == AdminConfig(token=ADMIN_TOKEN)
+    # Neither a logged config nor anything in it holds the token itself.
+    assert ADMIN_TOKEN not in repr(config) and ADMIN_TOKEN not in str(dataclasses.asdict(config))
+    assert ADMIN_DIGEST.hex() not in repr(config)
     assert config_error(minimal(admin={"token": "${TOLLWAY_ADMIN_TOKEN}"})) == \
         "conf.toml: admin.token: environment variable TOLLWAY_ADMIN_TOKEN is not set"
 
 
 def test_admin_token_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
-    path.write_text(MINIMAL_TOML + '\n[admin]\ntoken = "${TOLLWAY_ADMIN_TOKEN}"\n', encoding="utf-8")
-    assert load_config(str(path), {"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin.token == ADMIN_TOKEN
+    path.write_text(MINIMAL_TOML + '\n[admin]\ntoken = "${TOLLWAY_ADMIN_TOKEN}"\nport = 9090\n', encoding="utf-8")
+    admin = load_config(str(path), {"TOLLWAY_ADMIN_TOKEN": ADMIN_TOKEN}).admin
+    assert (admin.token_sha256, admin.host, admin.port) == (ADMIN_DIGEST, "127.0.0.1", 9090)
 
 
 @pytest.mark.parametrize(("admin", "env", "message"), [
@@ -626,7 +633,7 @@ def test_admin_token_from_a_file(tmp_path: Path) -> None:
     ({"token": "0123456789abcdéf0"}, {}, "admin.token: must be printable ASCII with no spaces"),
     ({"token": "tw-0123456789abcdef"}, {}, "admin.token: must not be a client key (tw-...)"),
     ({"token": 1234567890123456789}, {}, "admin.token: must be a string, not int"),
-    ({"tokens": ["x"]}, {}, "admin.tokens: unknown key (expected one of: token)"),
+    ({"tokens": ["x"]}, {}, "admin.tokens: unknown key (expected one of: host, port, token)"),
 ])
 def test_admin_token_errors(admin: dict[str, Any], env: dict[str, str], message: str) -> None:
     error = config_error(minimal(admin=admin), env)
@@ -642,7 +649,34 @@ def test_admin_must_be_a_table() -> None:
 
 
 def test_a_token_of_sixteen_characters_is_enough() -> None:
-    assert parse(minimal(admin={"token": "x" * 16})).admin.token == "x" * 16
+    assert parse(minimal(admin={"token": "x" * 16})).admin.token_sha256 == hashlib.sha256(b"x" * 16).digest()
+
+
+def test_the_admin_api_on_a_port_of_its_own() -> None:
+    admin = parse(minimal(admin={"token": ADMIN_TOKEN})).admin
+    assert (admin.host, admin.port) == ("127.0.0.1", None)  # on the client port, under /admin
+    admin = parse(minimal(admin={"token": ADMIN_TOKEN, "port": 9090})).admin
+    assert (admin.host, admin.port) == ("127.0.0.1", 9090)  # loopback unless told otherwise
+    admin = parse(minimal(admin={"token": ADMIN_TOKEN, "host": "0.0.0.0", "port": 0})).admin
+    assert (admin.host, admin.port) == ("0.0.0.0", 0)
+    # Both on port 0 get two different free ports.
+    assert parse(minimal(server={"port": 0}, admin={"token": ADMIN_TOKEN, "port": 0})).admin.port == 0
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (minimal(admin={"port": 9090}), "admin.port: the admin API is off without admin.token"),
+    (minimal(admin={"host": "0.0.0.0"}), "admin.host: the admin API is off without admin.token"),
+    (minimal(admin={"token": ADMIN_TOKEN, "host": "0.0.0.0"}),
+     "admin.host: needs admin.port: without one the admin API is served on the client port"),
+    (minimal(admin={"token": ADMIN_TOKEN, "port": 8080}),
+     "admin.port: must differ from server.port (8080): the point is a port of its own"),
+    (minimal(server={"port": 9000}, admin={"token": ADMIN_TOKEN, "port": 9000}), "admin.port: must differ"),
+    (minimal(admin={"token": ADMIN_TOKEN, "port": 70000}), "admin.port: must be between 0 and 65535 (got 70000)"),
+    (minimal(admin={"token": ADMIN_TOKEN, "port": "9090"}), "admin.port: must be an integer, not str"),
+    (minimal(admin={"token": ADMIN_TOKEN, "host": " ", "port": 9090}), "admin.host: must not be empty"),
+])
+def test_admin_listener_errors(raw: dict[str, Any], message: str) -> None:
+    assert config_error(raw).startswith("conf.toml: " + message)
 
 
 def test_shared_limits_config() -> None:

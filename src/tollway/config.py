@@ -8,11 +8,12 @@ error that names the file and the key, so a typo never turns into an empty upstr
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,27 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    token: str | None = field(default=None, repr=False)
+    token: InitVar[str | None] = None
     """What ``/admin`` requires (``Authorization: Bearer`` or ``x-admin-token``); None turns the admin API off.
-    Kept out of the repr so a logged config does not show it."""
+    Only its SHA-256 is kept, so neither a logged config nor a memory dump shows the token itself."""
+    token_sha256: bytes | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    """Where the admin API listens when it has a port of its own."""
+    port: int | None = None
+    """A port for the admin API alone (0: any free one); None serves it under ``/admin`` on the client port."""
+
+    def __post_init__(self, token: str | None) -> None:
+        if token is not None:
+            object.__setattr__(self, "token_sha256", admin_token_digest(token))
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_sha256 is not None
+
+
+def admin_token_digest(token: str) -> bytes:
+    """What an admin token is stored and compared as: digests of one length, whatever was sent."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +355,7 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     if server.workers > 1 and limits.url is None:
         raise ConfigError(workers_need_redis(source, server.workers))
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
-                  admin=_parse_admin(root.table("admin")), limits=limits, source=source)
+                  admin=_parse_admin(root.table("admin"), server), limits=limits, source=source)
 
 
 def workers_need_redis(source: str, workers: int) -> str:
@@ -354,10 +373,13 @@ def _parse_limits_backend(r: _Reader) -> LimitsConfig:
                         retry_delay=r.number("retry_delay", 5.0, minimum=0.1))
 
 
-def _parse_admin(a: _Reader) -> AdminConfig:
-    a.check_keys({"token"})
+def _parse_admin(a: _Reader, server: ServerConfig) -> AdminConfig:
+    a.check_keys({"token", "host", "port"})
     token = a.optional_string("token")
     if token is None:
+        for key in ("host", "port"):
+            if key in a.data:
+                raise a.fail(key, "the admin API is off without admin.token")
         return AdminConfig()
     # Header values carry visible ASCII only, and a token with spaces could never be sent whole.
     if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
@@ -367,7 +389,15 @@ def _parse_admin(a: _Reader) -> AdminConfig:
     # A client key as the admin token would open /admin to whoever holds that key.
     if token.startswith("tw-"):
         raise a.fail("token", "must not be a client key (tw-...): make a separate secret, e.g. openssl rand -hex 32")
-    return AdminConfig(token=token)
+    if "host" in a.data and "port" not in a.data:
+        raise a.fail("host", "needs admin.port: without one the admin API is served on the client port")
+    port = a.integer("port", None, minimum=0, maximum=65535) if "port" in a.data else None
+    if port is not None and port != 0 and port == server.port:
+        raise a.fail("port", f"must differ from server.port ({port}): the point is a port of its own")
+    host = a.string("host", "127.0.0.1")
+    if not host.strip():
+        raise a.fail("host", "must not be empty (0.0.0.0 listens on every interface)")
+    return AdminConfig(token=token, host=host, port=port)
 
 
 _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {

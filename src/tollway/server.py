@@ -19,6 +19,7 @@ from aiohttp import web
 from tollway.accounting.keys import new_account, new_key
 from tollway.api.app import create_app
 from tollway.config import Config
+from tollway.errors import ConfigError
 from tollway.store import open_store
 from tollway.store.sql import display_url
 
@@ -47,6 +48,8 @@ def banner(config: Config, secret: str | None) -> str:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{config.server.port}"
     lines = [f"Tollway listening on {url}", f"  config:   {config.source}",
              f"  storage:  {display_url(config.storage.url)}"]
+    if config.admin.enabled and config.admin.port is not None:
+        lines.append(f"  admin:    http://{config.admin.host}:{config.admin.port}/admin (its own port)")
     for u in config.upstreams:
         where = "built-in, answers in-process" if u.kind == "mock" else u.base_url
         lines.append(f"  upstream: {u.name} ({u.kind}) {where}")
@@ -72,6 +75,10 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
                                  port=config.server.port if port is None else port,
                                  workers=config.server.workers if workers is None else workers)
     config = dataclasses.replace(config, server=server)
+    admin_sock = _admin_socket(config)
+    if admin_sock is not None:
+        config = dataclasses.replace(config, admin=dataclasses.replace(config.admin,
+                                                                       port=admin_sock.getsockname()[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -85,7 +92,7 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
     secret = asyncio.run(_first_key(config))
     if server.workers == 1:
         print(banner(config, secret), flush=True)
-        _run(config)
+        _run(config, admin_sock=admin_sock)
         return 0
     # The port is held (bound, not listening) for the workers' lifetime: port 0 picks one for all of them.
     held = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -94,16 +101,38 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
     config = dataclasses.replace(config, server=dataclasses.replace(server, port=held.getsockname()[1]))
     print(banner(config, secret) + f"\n  workers:  {server.workers} processes on one port", flush=True)
     try:
-        return Workers(config, held).run()
+        return Workers(config, held, admin_sock).run()
     finally:
         held.close()
 
 
-def _run(config: Config, reuse_port: bool = False) -> None:
+def _admin_socket(config: Config) -> socket.socket | None:
+    """The admin API's own listening socket, when ``[admin] port`` asks for one. Bound here, before the app is
+    made, so that the app knows the real port (port 0 picks one) and workers all accept from the one socket."""
+    admin = config.admin
+    if not admin.enabled or admin.port is None:
+        return None
+    where = f"{config.source}: admin.port: cannot listen on {admin.host}:{admin.port}"
+    if admin.port != 0 and admin.port == config.server.port:
+        raise ConfigError(f"{where}: it is the client port (server.port, or --port)")
+    sock = socket.socket(socket.AF_INET6 if ":" in admin.host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((admin.host, admin.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _run(config: Config, reuse_port: bool = False, admin_sock: socket.socket | None = None) -> None:
     server = config.server
-    # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call.
-    web.run_app(create_app(config), host=server.host, port=server.port, shutdown_timeout=server.shutdown_timeout,
-                handler_cancellation=True, access_log=None, print=None, reuse_port=reuse_port)
+    # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call. The
+    # admin socket, when there is one, is a second site of the same app, on the same loop.
+    web.run_app(create_app(config), host=server.host, port=server.port, sock=admin_sock,
+                shutdown_timeout=server.shutdown_timeout, handler_cancellation=True, access_log=None, print=None,
+                reuse_port=reuse_port)
 
 
 class Workers:
@@ -114,9 +143,10 @@ class Workers:
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, config: Config, held: socket.socket) -> None:
+    def __init__(self, config: Config, held: socket.socket, admin_sock: socket.socket | None = None) -> None:
         self._config = config
         self._held = held
+        self._admin_sock = admin_sock
         self._pids: dict[int, int] = {}
         self._stopping = False
 
@@ -128,7 +158,7 @@ class Workers:
                 self._held.close()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                _run(self._config, reuse_port=True)
+                _run(self._config, reuse_port=True, admin_sock=self._admin_sock)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

@@ -253,7 +253,8 @@ def test_update_a_keys_budget(admin: httpx.Client) -> None:
     assert off["balance"]["balance_nanousd"] == 2_000_000_000  # kept, only not drawn on
     assert ok(admin.patch(path, json={"prepaid": True}))["budget"]["prepaid"] is True
     error_of(admin.patch(path, json={"period": "day"}), 400, "invalid_request_error", "period: needs a cap")
-    error_of(admin.patch(path, json={}), 400, "invalid_request_error", "nothing to change: give any of rpm, itpm")
+    error_of(admin.patch(path, json={}), 400, "invalid_request_error",
+             "nothing to change: give any of models, rpm, itpm")
     error_of(admin.patch(path, json={"prepaid": None}), 400, "invalid_request_error", "nothing to change")
     error_of(admin.patch(path, json={"name": "x"}), 400, "invalid_request_error", "name: unknown field")
     error_of(admin.patch(path, json={"prepaid": "no"}), 400, "invalid_request_error",

@@ -7,8 +7,10 @@ for money), so the next request sees it, rather than after the next background r
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 from aiohttp import web
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from tollway.accounting.keys import new_account, new_key
@@ -20,11 +22,12 @@ from tollway.api.context import Services
 from tollway.cli import budgets as cli_budgets
 from tollway.config import LIMIT_FIELDS
 from tollway.errors import InvalidRequest
-from tollway.store import AccountRecord, KeyRecord
+from tollway.store import AccountRecord, KeyRecord, SQLStore, schema
+from tollway.store.sql import StoreUnavailable, unreachable
 
 routes = web.RouteTableDef()
 CREATE_FIELDS = ("name", "models", "account", *LIMIT_FIELDS, *budgets.NEW_FIELDS)
-UPDATE_FIELDS = (*LIMIT_FIELDS, *budgets.CHANGE_FIELDS)
+UPDATE_FIELDS = ("models", *LIMIT_FIELDS, *budgets.CHANGE_FIELDS)
 
 
 async def find_key(s: Services, key_id: str) -> KeyRecord:
@@ -94,13 +97,31 @@ async def update_key(request: web.Request) -> web.Response:
     fields = await Fields.read(request, UPDATE_FIELDS)
     key = await find_key(s, request.match_info["id"])
     limits = {n: fields.limit(n) for n in LIMIT_FIELDS if fields.sent(n)}
+    # Here null means something: every model.
+    models = fields.patterns("models")
     money = budgets.budget_change(fields, key)
-    if not limits and not budgets.changes_budget(money):
+    if not limits and not fields.sent("models") and not budgets.changes_budget(money):
         raise InvalidRequest(f"nothing to change: give any of {', '.join(UPDATE_FIELDS)}")
     if limits:
         await s.store.update_key_limits(key.id, limits)
+    if fields.sent("models"):
+        await _set_models(s.store, key.id, models)
     await budgets.change_budget(s, key, money)
     return json_response(await _reloaded(s, key.id))
+
+
+async def _set_models(store: SQLStore, key_id: str, models: tuple[str, ...] | None) -> None:
+    """Set the patterns of the models a key may use (None: every model). The store has no method for it (the CLI
+    cannot change them), so this is that write, with the store's mapping of a lost database to a 529; the new
+    ``updated_at`` is what has every replica's key cache reload the key."""
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(update(schema.keys).where(schema.keys.c.id == key_id)
+                               .values(models=None if models is None else list(models), updated_at=datetime.now(UTC)))
+    except Exception as error:
+        if unreachable(error) and not isinstance(error, StoreUnavailable):
+            raise StoreUnavailable(error) from error
+        raise
 
 
 @routes.post("/keys/{id}/revoke")

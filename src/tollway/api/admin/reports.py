@@ -6,12 +6,16 @@ answered before it was asked for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from tollway.api.admin.accounts import find_account
 from tollway.api.admin.inputs import parsed, query
 from tollway.api.admin.keys import find_key
 from tollway.api.admin.views import entry_view, json_response, services
+from tollway.money import usd_exact
+from tollway.store import UsageSummary
 from tollway.usage_report import DEFAULT_GROUPS, parse_groups, parse_since, usage_csv, usage_records
 
 routes = web.RouteTableDef()
@@ -27,10 +31,22 @@ async def usage(request: web.Request) -> web.Response:
     by = parsed("by", q["by"], parse_groups) if "by" in q else DEFAULT_GROUPS
     form = parsed("format", q.get("format", "json"), _format)
     await s.ledger.flush()
-    records = usage_records(await s.store.usage_summary(key=q.get("key"), since=since, by=by), by)
+    rows = await s.store.usage_summary(key=q.get("key"), since=since, by=by)
+    records = usage_records(rows, by)
     if form == "csv":
         return web.Response(text=usage_csv(records), content_type="text/csv")
-    return json_response({"data": records})
+    return json_response({"data": records, "totals": usage_totals(rows)})
+
+
+def usage_totals(rows: Sequence[UsageSummary]) -> dict[str, object]:
+    """The sums over every group, counted from the store's integers (never from the rounded strings)."""
+    costs = [r.cost_nanousd for r in rows if r.cost_nanousd is not None]
+    return {"requests": sum(r.requests for r in rows), "errors": sum(r.errors for r in rows),
+            "input_tokens": sum(r.input_tokens for r in rows), "output_tokens": sum(r.output_tokens for r in rows),
+            "cache_write_5m_tokens": sum(r.cache_creation_5m for r in rows),
+            "cache_write_1h_tokens": sum(r.cache_creation_1h for r in rows),
+            "cache_read_tokens": sum(r.cache_read_input_tokens for r in rows),
+            "cost_usd": usd_exact(sum(costs)) if costs else None}
 
 
 def _format(raw: str) -> str:
