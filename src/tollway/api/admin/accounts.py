@@ -30,7 +30,8 @@ CREATE_FIELDS = ("name", *budgets.NEW_FIELDS)
 
 
 async def find_account(s: Services, ref: str) -> AccountRecord:
-    return found(await s.store.account(ref), f"no account named or with id {ref!r}")
+    # No account has a NUL in its name or id (they are refused), and PostgreSQL would refuse to look one up.
+    return found(None if "\x00" in ref else await s.store.account(ref), f"no account named or with id {ref!r}")
 
 
 async def _view(s: Services, account: AccountRecord) -> View:

@@ -62,7 +62,7 @@ async def topup(s: Services, owner: Owner, fields: Fields) -> None:
     """Add money to the owner's balance (negative: take it back), which makes it prepaid, and have the
     gateway use it from the next request on."""
     amount = fields.usd("usd", negative=True, required=True)
-    note = fields.string("note", length=NOTE_LENGTH)
+    note = fields.string("note", length=NOTE_LENGTH, one_line=False)
     assert amount is not None
     if amount == 0:
         raise InvalidRequest("usd: must not be 0")

@@ -61,7 +61,10 @@ class Fields:
             raise _fail(name, f"must be {what}, not {_kind(value)}")
         return value
 
-    def string(self, name: str, *, required: bool = False, length: int = NAME_LENGTH) -> str | None:
+    def string(self, name: str, *, required: bool = False, length: int = NAME_LENGTH,
+               one_line: bool = True) -> str | None:
+        """A name (one line: no control characters, since names are shown one a line) or, with ``one_line``
+        false, a note, which may have line breaks."""
         value: str | None = self._value(name, "a string", lambda v: isinstance(v, str))
         if value is None:
             if required:
@@ -72,6 +75,7 @@ class Fields:
             raise _fail(name, "must not be empty")
         if len(value) > length:
             raise _fail(name, f"must be at most {length} characters")
+        checked(name, value, one_line=one_line)
         return value
 
     def boolean(self, name: str) -> bool | None:
@@ -112,7 +116,19 @@ class Fields:
             raise _fail(name, "give at least one pattern, or null for every model")
         if not all(isinstance(p, str) and p.strip() for p in value):
             raise _fail(name, "every pattern must be a non-empty string, such as \"claude-sonnet-*\"")
+        for p in value:
+            checked(name, p)
         return tuple(p.strip() for p in value)
+
+
+def checked(name: str, value: str, *, one_line: bool = True) -> str:
+    """``value``, refused if it holds a NUL (PostgreSQL cannot store one in text: it would fail as a 500 there
+    and work on SQLite) or, ``one_line``, any other control character."""
+    if "\x00" in value:
+        raise _fail(name, "must not contain NUL characters")
+    if one_line and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _fail(name, "must not contain control characters (line breaks, tabs, ...)")
+    return value
 
 
 def query(request: web.Request, allowed: Collection[str]) -> dict[str, str]:
@@ -125,7 +141,7 @@ def query(request: web.Request, allowed: Collection[str]) -> dict[str, str]:
         if len(given) > 1:
             raise _fail(name, "given more than once")
         if given[0].strip():
-            values[name] = given[0].strip()
+            values[name] = checked(name, given[0].strip())
     return values
 
 

@@ -149,8 +149,18 @@ _REQUEST_ID = {"request-id": {"required": True, "schema": {"type": "string"}}}
 _RETRY_AFTER = {"retry-after": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 
 
-def _answer(description: str, schema: Schema) -> Schema:
-    return {"description": description, "headers": _REQUEST_ID, "content": {"application/json": {"schema": schema}}}
+def _answer(description: str, schema: Schema, links: Schema | None = None) -> Schema:
+    answer = {"description": description, "headers": _REQUEST_ID,
+              "content": {"application/json": {"schema": schema}}}
+    if links:
+        answer["links"] = links
+    return answer
+
+
+def _links(parameter: str, *operation_ids: str) -> Schema:
+    """What can be done next with the record just made: its id goes into ``parameter`` of each operation."""
+    return {op[0].upper() + op[1:]: {"operationId": op, "parameters": {parameter: "$response.body#/id"}}
+            for op in operation_ids}
 
 
 def _error(description: str, *, retry: bool = False) -> Schema:
@@ -206,7 +216,9 @@ PATHS: dict[str, Schema] = {
                    {"200": _answer("The keys", _object({"data": {"type": "array", "items": _ref("Key")}})),
                     **_errors("Overloaded")}, tag="Key"),
         "post": _op("createKey", "Make a key; its secret is in this answer only",
-                    {"201": _answer("The new key, with its secret", _ref("NewKey")), **_errors("NotFound", *_WRITE)},
+                    {"201": _answer("The new key, with its secret", _ref("NewKey"),
+                                    _links("id", "getKey", "updateKey", "revokeKey", "topupKey")),
+                     **_errors("NotFound", *_WRITE)},
                     body=_body({"name": NAME, "models": MODELS_IN,
                                 "account": _null({**NAME, "description": "An account's name or id; default: a "
                                                                          "new account named after the key"}),
@@ -231,7 +243,9 @@ PATHS: dict[str, Schema] = {
                    {"200": _answer("The accounts", _object({"data": {"type": "array", "items": _ref("Account")}})),
                     **_errors("Overloaded")}, tag="Account"),
         "post": _op("createAccount", "Make an account: one bill for the keys made in it",
-                    {"201": _answer("The new account", _ref("Account")), **_errors(*_WRITE)},
+                    {"201": _answer("The new account", _ref("Account"),
+                                    _links("ref", "getAccount", "updateAccount", "topupAccount")),
+                     **_errors(*_WRITE)},
                     body=_body({"name": {**NAME, "not": {"pattern": "^acct_"}}, **_NEW_MONEY}, ("name",)),
                     tag="Account"),
     },
