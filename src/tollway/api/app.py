@@ -19,6 +19,7 @@ from tollway.api.admin import mount_admin
 from tollway.api.context import SERVICES, Services
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
+from tollway.api.metrics import metrics_handler
 from tollway.api.models import get_model, list_models
 from tollway.config import Config
 from tollway.limits import Limiter, LimitRules, MemoryLimiter
@@ -61,6 +62,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler())
     mount_admin(app, config)
     app.cleanup_ctx.append(_lifespan(config))
     return app

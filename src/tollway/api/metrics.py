@@ -1,0 +1,94 @@
+"""``GET /metrics``: the gateway's state in Prometheus's text format, for an operator's dashboards and alerts.
+
+Everything here is read at scrape time from what the gateway keeps anyway (the ledger's queue, the shared
+stores' state, the upstreams' health board), through a collector of the official client library: nothing is
+counted on a request's path for it, so scraping costs the requests nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from tollway.api.context import SERVICES, Services
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def collect(s: Services) -> Iterator[Metric]:
+    """Every metric, read from the services now."""
+    # Imported at the first scrape: the client library takes a quarter of a second to import, which a start
+    # (and a gateway nobody scrapes) does without.
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily("tollway_open_streams", "Streams being relayed now.", value=s.open_streams)
+    store = s.ledger.health()
+    yield GaugeMetricFamily("tollway_store_writing", "1 while usage batches reach the database, 0 while they fail.",
+                            value=1 if store["writing"] else 0)
+    yield GaugeMetricFamily("tollway_usage_pending_rows", "Usage rows waiting for the next batch write.",
+                            value=float(str(store["pending_rows"])))
+    yield GaugeMetricFamily("tollway_ledger_pending_entries", "Ledger entries waiting for the next batch write.",
+                            value=float(str(store["pending_entries"])))
+    yield CounterMetricFamily("tollway_usage_dropped_rows", "Usage rows dropped because the queue was full.",
+                              value=s.ledger.dropped)
+    shared = getattr(s.limiter, "is_shared", None)
+    if shared is not None:
+        yield GaugeMetricFamily("tollway_limits_shared",
+                                "1 while rate limits are shared through Redis, 0 while this process keeps its own.",
+                                value=1 if shared else 0)
+        yield CounterMetricFamily("tollway_limits_redis_outages", "Times the rate limiter lost Redis.",
+                                  value=getattr(s.limiter, "outages", 0))
+    wallet = s.funds.shared
+    if wallet is not None:
+        yield CounterMetricFamily("tollway_balances_redis_failures",
+                                  "Balance checks that could not reach Redis (answered 529).", value=wallet.outages)
+        yield GaugeMetricFamily("tollway_balances_unsettled", "Settles waiting for Redis to answer again.",
+                                value=wallet.unsettled)
+    if s.bus is not None:
+        yield GaugeMetricFamily("tollway_replica_messages_listening",
+                                "1 while messages from other replicas (rests, changes) arrive.",
+                                value=1 if s.bus.listening else 0)
+    resting = GaugeMetricFamily("tollway_upstream_resting_seconds", "Seconds left of an upstream's rest.",
+                                labels=["upstream"])
+    in_flight = GaugeMetricFamily("tollway_upstream_in_flight", "Requests to an upstream now.", labels=["upstream"])
+    tries = CounterMetricFamily("tollway_upstream_tries", "Tries sent to an upstream, by outcome.",
+                                labels=["upstream", "outcome"])
+    keys_resting = GaugeMetricFamily("tollway_upstream_keys_resting", "An upstream's keys resting now.",
+                                     labels=["upstream"])
+    for up in s.health.snapshot(s.table.key_counts()):
+        name = str(up["upstream"])
+        resting.add_metric([name], float(up["resting_s"]))
+        in_flight.add_metric([name], float(up["in_flight"]))
+        tries.add_metric([name, "success"], float(up["successes"]))
+        tries.add_metric([name, "error"], float(up["errors"]))
+        keys_resting.add_metric([name], float(sum(1 for k in up["keys"] if k["resting_s"] > 0)))
+    yield from (resting, in_flight, tries, keys_resting)
+
+
+def metrics_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler, with its registry made at the first scrape (the services exist only once started)."""
+    registries: list[CollectorRegistry] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.registry import Collector
+
+        if not registries:
+            services = request.app[SERVICES]
+
+            class State(Collector):
+                def collect(self) -> Iterator[Metric]:
+                    return collect(services)
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(State())
+            registries.append(registry)
+        return web.Response(body=generate_latest(registries[0]), headers={"content-type": CONTENT_TYPE})
+
+    return metrics
