@@ -16,7 +16,7 @@ from tollway.api.admin.views import Balances, RouteHandler, View, json_response,
 from tollway.api.context import Services
 from tollway.cli import budgets as cli_budgets
 from tollway.errors import InvalidRequest, NotFound
-from tollway.money import usd_exact
+from tollway.money import MAX_NANOUSD, usd_exact
 from tollway.store import AccountRecord, KeyRecord
 from tollway.store.records import PERIODS
 
@@ -80,6 +80,13 @@ async def topup(s: Services, owner: Owner, fields: Fields) -> None:
             raise InvalidRequest(f"usd: cannot take back {usd_exact(-amount)} USD from {label}: its balance is "
                                  f"{usd_exact(balance)} USD")
     else:
+        # The ledger is summed in 64-bit integers (SQLite's sum fails past them, as a 500): a balance may not grow
+        # beyond them. Counted with what running requests hold, to be safe either way.
+        shown = (await Balances.load(s, [owner.id])).view(owner.id)
+        balance = shown["balance_nanousd"] + (shown["held_nanousd"] or 0)
+        if balance + amount > MAX_NANOUSD:
+            raise InvalidRequest(f"usd: would take the balance of {label} past {usd_exact(MAX_NANOUSD)} USD, the "
+                                 f"most one can hold (it is {usd_exact(balance)} USD)")
         await write()
     if written[0] is None:
         raise NotFound(f"{label} is gone")
