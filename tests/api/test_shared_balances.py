@@ -143,26 +143,29 @@ def test_after_redis_loses_every_balance_mid_load_the_rebuilt_ones_match_the_led
         # The SDK's own retries wait out the 529s of the grace after the loss.
         clients = [anthropic.AsyncAnthropic(api_key=secret, base_url=g.url, max_retries=6,
                                             default_headers={"x-fake-scenario": "stall:0.3"}) for g in cluster]
+        done: list[int] = []
+        half_done = asyncio.Event()
 
         async def one(i: int) -> int:
-            await asyncio.sleep(i * 0.02)  # spread over about 2.4 s, so requests run across the loss
+            await asyncio.sleep((i % 60) * 0.02)
             # Some long ones reserve before the loss and end after the balance is seeded again.
             scenario = {"x-fake-scenario": "stall:4"} if i % 5 == 0 else None
             await clients[i % 3].messages.create(model=MODEL, max_tokens=16, extra_headers=scenario,
                                                  messages=[{"role": "user", "content": "survive"}])
+            done.append(i)
+            if len(done) == 30:
+                half_done.set()
             return 200
 
-        async def lose_everything() -> None:
-            await asyncio.sleep(1.0)
-            plain = aioredis.Redis.from_url(redis_url)
-            try:  # what a restart of a Redis that keeps nothing on disk leaves: no key at all
-                await plain.delete(*[k async for k in plain.scan_iter(match=f"{redis_prefix}*")])
-            finally:
-                await plain.aclose()
-
-        try:
-            results = await asyncio.gather(*(one(i) for i in range(120)), lose_everything())
-            return [r for r in results if r is not None]
+        before = [asyncio.ensure_future(one(i)) for i in range(60)]
+        await half_done.wait()  # a loss mid-load, however slow the machine: half of the first wave has ended
+        plain = aioredis.Redis.from_url(redis_url)
+        try:  # what a restart of a Redis that keeps nothing on disk leaves: no key at all
+            await plain.delete(*[k async for k in plain.scan_iter(match=f"{redis_prefix}*")])
+        finally:
+            await plain.aclose()
+        try:  # a second wave reserves after the loss, so the balance must be seeded again
+            return list(await asyncio.gather(*before, *(one(i) for i in range(60, 120))))
         finally:
             for client in clients:
                 await client.close()
