@@ -254,13 +254,29 @@ def chart(cells: Cells, path: Path, subtitle: str) -> str | None:
             ax.grid(axis="y", which="both", alpha=0.25)
             bottom, top = ax.get_ylim()
             ax.set_ylim(bottom, top * 3)  # room for the labels above the tallest bar (log scale)
-    axes[0][0].legend(fontsize=8, ncols=3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncols=len(names), fontsize=8, bbox_to_anchor=(0.5, 0.955),
+               frameon=False)
     fig.suptitle(f"Tollway bench on loopback: {subtitle}", fontsize=11)
     fig.text(0.5, 0.005, "CPU: user+system time of the row's process per request (direct: the fake upstream's); "
              "tollway-limited: auth, validation, rate limits, balance, metering, usage rows all on (SQLite)",
              ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.02, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+if __name__ == "__main__":
+    # Redraw the chart from a results file: python bench/report.py [bench/results/latest.json [out.png]]
+    import sys
+
+    import orjson
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json"
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else source.with_suffix(".png")
+    doc = orjson.loads(source.read_bytes())
+    meta = doc.get("meta", {})
+    why = chart(doc["cells"], target, f"commit {meta.get('commit')}, {meta.get('when')}, {meta.get('cores')} cores")
+    print(f"wrote {target}" if why is None else f"no chart: {why}")
