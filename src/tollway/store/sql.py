@@ -31,12 +31,12 @@ from tollway.store.engine import (
 )
 from tollway.store.records import AccountRecord, KeyRecord, LedgerEntry, UsageRecord, UsageSummary
 from tollway.store.rows import (
-    SQLITE_ROWS_PER_STATEMENT,
     account_values,
     aware,
     money_table,
     order_as_sqlite,
     pg_unnest_sql,
+    sqlite_chunks,
     sqlite_insert_sql,
     sqlite_time,
     to_account,
@@ -358,14 +358,13 @@ class SQLStore:
                 # Many rows per statement, as plain tuples: one step of SQLite's engine (and one GIL
                 # hand-off by its driver thread) per chunk, not per row, and no per-row SQLAlchemy work.
                 # Measured under load: about 10% less CPU per gateway request than Core executemany.
-                for start in range(0, len(records), SQLITE_ROWS_PER_STATEMENT):
-                    chunk = records[start:start + SQLITE_ROWS_PER_STATEMENT]
+                for start, size in sqlite_chunks(len(records)):
+                    chunk = records[start:start + size]
                     params = tuple(v for r in chunk for v in (r[0], sqlite_time(r.created_at), *r[2:]))
-                    await conn.exec_driver_sql(sqlite_insert_sql("usage", UsageRecord._fields, len(chunk)), params)
-                for start in range(0, len(entries), SQLITE_ROWS_PER_STATEMENT):
-                    part = entries[start:start + SQLITE_ROWS_PER_STATEMENT]
-                    params = tuple(itertools.chain.from_iterable(part))
-                    await conn.exec_driver_sql(sqlite_insert_sql("ledger", LedgerEntry._fields, len(part)), params)
+                    await conn.exec_driver_sql(sqlite_insert_sql("usage", UsageRecord._fields, size), params)
+                for start, size in sqlite_chunks(len(entries)):
+                    params = tuple(itertools.chain.from_iterable(entries[start:start + size]))
+                    await conn.exec_driver_sql(sqlite_insert_sql("ledger", LedgerEntry._fields, size), params)
             else:
                 # One statement per table whatever the batch's size: each column goes as one array parameter
                 # and unnest() turns the arrays back into rows. Measured on 10,000 requests' rows and entries:
