@@ -41,6 +41,36 @@ async def test_without_rules_only_the_key_record_counts(limiter: Limiter) -> Non
     assert error.message == "This request would exceed the key's rate limit for requests per minute."
 
 
+async def test_a_key_with_every_rate_limit_gets_all_twelve_headers_in_order(limiter: Limiter) -> None:
+    # The clock starts at 1,000,000 s: the request bucket is full again 6 s later, input tokens (100 of 1,000 a
+    # minute) also 6 s later, output tokens (300 of 500) 36 s later.
+    key = make_key(rpm=10, itpm=1000, otpm=500)
+    admission = await admit(limiter, key, 400, 300)
+    assert list(admission.headers.items()) == [
+        ("anthropic-ratelimit-requests-limit", "10"), ("anthropic-ratelimit-requests-remaining", "9"),
+        ("anthropic-ratelimit-requests-reset", "1970-01-12T13:46:46Z"),
+        ("anthropic-ratelimit-input-tokens-limit", "1000"), ("anthropic-ratelimit-input-tokens-remaining", "900"),
+        ("anthropic-ratelimit-input-tokens-reset", "1970-01-12T13:46:46Z"),
+        ("anthropic-ratelimit-output-tokens-limit", "500"), ("anthropic-ratelimit-output-tokens-remaining", "200"),
+        ("anthropic-ratelimit-output-tokens-reset", "1970-01-12T13:47:16Z"),
+        # Output tokens are the closer to running out, so "tokens" repeats them.
+        ("anthropic-ratelimit-tokens-limit", "500"), ("anthropic-ratelimit-tokens-remaining", "200"),
+        ("anthropic-ratelimit-tokens-reset", "1970-01-12T13:47:16Z")]
+    roomy = await admit(limiter, make_key("key_b", rpm=10, itpm=1000, otpm=5000), 400, 300)
+    assert [roomy.headers[f"anthropic-ratelimit-tokens-{part}"] for part in ("limit", "remaining", "reset")] == [
+        "1000", "900", "1970-01-12T13:46:46Z"]
+
+
+async def test_a_key_whose_limits_change_is_charged_by_its_new_limits(limiter: Limiter) -> None:
+    # A key's buckets are worked out once per key and limits: a changed limit must not reuse the old ones.
+    first = await admit(limiter, make_key(rpm=10, otpm=500), 40, 300)
+    assert first.headers["anthropic-ratelimit-output-tokens-limit"] == "500"
+    again = await admit(limiter, make_key(rpm=20, otpm=1000, max_concurrency=3), 40, 300)
+    assert [(c.kind, c.take.cost, c.take.quota.limit) for c in again.takes] == [("rpm", 1, 20), ("otpm", 300, 1000)]
+    assert again.headers["anthropic-ratelimit-requests-limit"] == "20"
+    assert again.slots == ["key_a:concurrency"]
+
+
 async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: Limiter) -> None:
     rules = LimitRules({OPUS: RateLimits(rpm=3, otpm=5000)})
     key = make_key(rpm=100, otpm=1000, itpm=10)
@@ -57,6 +87,17 @@ async def test_both_scopes_are_taken_and_the_headers_show_the_tightest(limiter: 
     assert h["anthropic-ratelimit-tokens-remaining"] == "0"
     assert await left(limiter, f"key_a:{OPUS}:rpm", 3) == 2
     assert await left(limiter, "key_a:rpm", 100) == 99
+
+
+async def test_tokens_repeats_input_tokens_on_a_tie_whichever_scope_came_first(limiter: Limiter) -> None:
+    # The key's output-token bucket is listed before the model's input-token bucket; both end up empty.
+    rules = LimitRules({OPUS: RateLimits(itpm=50)})
+    admission = await admit(limiter, make_key(otpm=200), 400, 200, model=OPUS, rules=rules)
+    h = admission.headers
+    assert (h["anthropic-ratelimit-input-tokens-remaining"], h["anthropic-ratelimit-output-tokens-remaining"]) == (
+        "0", "0")
+    assert h["anthropic-ratelimit-tokens-limit"] == "50"
+    assert list(h)[-3:] == [f"anthropic-ratelimit-tokens-{part}" for part in ("limit", "remaining", "reset")]
 
 
 async def test_a_model_refusal_takes_nothing_from_the_key_wide_buckets(limiter: Limiter) -> None:
@@ -106,7 +147,7 @@ def test_the_tightest_bucket_of_each_kind_and_on_a_tie_the_refusing_one() -> Non
     charges = [charge("rpm", None), charge("otpm", None), charge("rpm", OPUS), charge("otpm", OPUS)]
     decisions = [Decision(True, 10, 5, 0.0, 0.0), Decision(True, 100, 7, 0.0, 0.0),
                  Decision(True, 3, 2, 0.0, 0.0), Decision(False, 50, 7, 0.0, 4.0)]
-    assert tightest(charges, decisions) == {"rpm": decisions[2], "otpm": decisions[3]}
+    assert tightest([c.kind for c in charges], decisions) == {"rpm": decisions[2], "otpm": decisions[3]}
 
 
 async def test_each_key_and_each_model_has_its_own_model_buckets(limiter: Limiter) -> None:

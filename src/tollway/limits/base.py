@@ -52,18 +52,25 @@ class Decision(NamedTuple):
     """Seconds until this take would fit; 0 when allowed."""
 
 
+# A named tuple's own constructor is a Python function: calling tuple's directly costs about half as much,
+# and the hot path builds several per request. Only for tuples whose every field is given.
+new_tuple = tuple.__new__
+
+
 def gcra(tat: float, now: float, cost: int, quota: Quota) -> tuple[float, Decision]:
     """The new TAT and the decision for taking ``cost`` at ``now`` from a bucket whose TAT is ``tat``."""
-    base = max(tat, now)
-    new_tat = base + cost * quota.interval
-    allow_at = new_tat - quota.period
+    # Comparisons rather than max(): the builtin costs several times more, and this runs per bucket per request.
+    base = tat if tat > now else now
+    interval, period = quota.interval, quota.period
+    new_tat = base + cost * interval
+    allow_at = new_tat - period
     if allow_at > now + 1e-9:
-        remaining = max(0, math.floor((now + quota.period - base) / quota.interval + 1e-9))
+        remaining = math.floor((now + period - base) / interval + 1e-9)
         # A cost larger than the whole bucket can never fit: its wait is reported as one full period.
-        wait = quota.period if cost > quota.limit else allow_at - now
-        return tat, Decision(False, quota.limit, remaining, base, wait)
-    remaining = max(0, math.floor((now + quota.period - new_tat) / quota.interval + 1e-9))
-    return new_tat, Decision(True, quota.limit, remaining, new_tat, 0.0)
+        wait = period if cost > quota.limit else allow_at - now
+        return tat, new_tuple(Decision, (False, quota.limit, remaining if remaining > 0 else 0, base, wait))
+    remaining = math.floor((now + period - new_tat) / interval + 1e-9)
+    return new_tat, new_tuple(Decision, (True, quota.limit, remaining if remaining > 0 else 0, new_tat, 0.0))
 
 
 class Limiter(Protocol):

@@ -1,12 +1,16 @@
 """Limits kept in this process: exact under any concurrency, since no counter is read and written across
-an ``await``; they do not add up across processes or replicas."""
+an ``await``; they do not add up across processes or replicas.
+
+The async methods are the `Limiter` interface; the work is in plain methods, so that `admit` and `finish`
+(one call each per limited request) do not pay for a coroutine per step they combine.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 
-from tollway.limits.base import Decision, Take, gcra
+from tollway.limits.base import Decision, Take, gcra, new_tuple
 
 
 class MemoryLimiter:
@@ -16,29 +20,10 @@ class MemoryLimiter:
         self._running: dict[str, int] = {}
 
     async def take(self, takes: Sequence[Take]) -> list[Decision]:
-        now = self._clock()
-        tats = self._tat
-        results = [gcra(tats.get(t.name, now), now, t.cost, t.quota) for t in takes]
-        allowed = sum(d.allowed for _, d in results)
-        if allowed == len(results):
-            for take, (tat, _) in zip(takes, results, strict=True):
-                tats[take.name] = tat
-        elif allowed:
-            # All or nothing: the limits that would have allowed it report what they still hold.
-            results = [(tat, d if not d.allowed else _unspent(d, take)) for take, (tat, d) in zip(
-                takes, results, strict=True)]
-        return [d for _, d in results]
+        return self._take(takes)
 
     async def refund(self, takes: Sequence[Take]) -> None:
-        now = self._clock()
-        for t in takes:
-            tat = self._tat.get(t.name)
-            if tat is None or t.cost <= 0:
-                continue
-            seconds = t.cost * t.quota.interval
-            if t.until is not None:
-                seconds = min(seconds, max(0.0, t.until - now))
-            self._tat[t.name] = max(now, tat - seconds)
+        self._refund(takes)
 
     async def acquire(self, name: str, limit: int) -> bool:
         running = self._running.get(name, 0)
@@ -48,29 +33,77 @@ class MemoryLimiter:
         return True
 
     async def release(self, name: str) -> None:
-        self._running[name] = max(0, self._running.get(name, 0) - 1)
+        self._release(name)
 
     async def admit(self, takes: Sequence[Take], slots: Sequence[tuple[str, int]]) -> tuple[list[Decision], int | None]:
-        decisions = await self.take(takes) if takes else []
-        if not all(d.allowed for d in decisions):
-            return decisions, None
+        decisions = self._take(takes) if takes else []
+        for d in decisions:
+            if not d.allowed:
+                return decisions, None
         running = self._running
         for i, (name, limit) in enumerate(slots):
-            if running.get(name, 0) >= limit:
+            held = running.get(name, 0)
+            if held >= limit:
                 for taken, _ in slots[:i]:
-                    await self.release(taken)
-                await self.refund([t._replace(until=d.reset_at) for t, d in zip(takes, decisions, strict=True)])
+                    self._release(taken)
+                self._refund([t._replace(until=d.reset_at) for t, d in zip(takes, decisions, strict=True)])
                 return decisions, i
-            running[name] = running.get(name, 0) + 1
+            running[name] = held + 1
         return decisions, None
 
     async def finish(self, refunds: Sequence[Take], slots: Sequence[str]) -> None:
         if refunds:
-            await self.refund(refunds)
+            self._refund(refunds)
         for name in slots:
-            await self.release(name)
+            self._release(name)
+
+    def _take(self, takes: Sequence[Take]) -> list[Decision]:
+        now = self._clock()
+        tats = self._tat
+        decisions: list[Decision] = []
+        moved: list[tuple[str, float]] = []
+        refused = 0
+        # Every bucket is judged against its TAT before this call, then all are moved or none.
+        for name, cost, quota, _ in takes:
+            try:
+                tat = tats[name]
+            except KeyError:
+                tat = now
+            tat, d = gcra(tat, now, cost, quota)
+            decisions.append(d)
+            moved.append((name, tat))
+            if not d[0]:  # allowed
+                refused += 1
+        if not refused:
+            for name, tat in moved:
+                tats[name] = tat
+        elif refused < len(decisions):
+            # All or nothing: the limits that would have allowed it report what they still hold.
+            decisions = [d if not d.allowed else _unspent(d, take) for take, d in zip(takes, decisions, strict=True)]
+        return decisions
+
+    def _refund(self, takes: Sequence[Take]) -> None:
+        now = self._clock()
+        tats = self._tat
+        for name, cost, quota, until in takes:
+            tat = tats.get(name)
+            if tat is None or cost <= 0:
+                continue
+            seconds = cost * quota.interval
+            if until is not None:
+                # Never more than the bucket has not regained on its own since the take.
+                left = until - now
+                if left < seconds:
+                    seconds = left if left > 0.0 else 0.0
+            back = tat - seconds
+            tats[name] = back if back > now else now
+
+    def _release(self, name: str) -> None:
+        left = self._running.get(name, 0) - 1
+        self._running[name] = left if left > 0 else 0
 
 
 def _unspent(decision: Decision, take: Take) -> Decision:
-    return Decision(True, decision.limit, min(decision.limit, decision.remaining + take.cost),
-                    decision.reset_at - take.cost * take.quota.interval, 0.0)
+    remaining = decision.remaining + take.cost
+    return new_tuple(Decision, (True, decision.limit, remaining if remaining < decision.limit else decision.limit,
+                                decision.reset_at - take.cost * take.quota.interval, 0.0))
