@@ -27,7 +27,9 @@ def cluster(upstream: Upstream, postgres_databases: PostgresDatabases, redis_url
     url = postgres_databases.create_migrated("shared_balances")
     base = gateway_config(upstream.url, Path("unused.db"))
     config = dataclasses.replace(base, storage=StorageConfig(url=url, flush_interval=0.05, key_refresh_interval=0.3),
-                                 limits=LimitsConfig(url=redis_url, prefix=redis_prefix))
+                                 # A long Redis timeout: the tests are about money, and 300 requests at once on a
+                                 # busy two-core machine can keep a call waiting past the default second (a 529).
+                                 limits=LimitsConfig(url=redis_url, prefix=redis_prefix, timeout=10.0))
     gateways = (Gateway(config), Gateway(config), Gateway(config))
     try:
         yield gateways
