@@ -320,7 +320,12 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test uses; its keys are deleted after the test."""
     prefix = f"tollway-test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every Redis key under ``prefix``."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:

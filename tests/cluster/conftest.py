@@ -36,7 +36,15 @@ import pytest
 import redis
 from sqlalchemy.exc import DBAPIError
 
-from tests.conftest import POSTGRES_DEFAULT, POSTGRES_ENV, PostgresDatabases, Upstream, _in_thread, _pg_admin
+from tests.conftest import (
+    POSTGRES_DEFAULT,
+    POSTGRES_ENV,
+    PostgresDatabases,
+    Upstream,
+    _in_thread,
+    _pg_admin,
+    delete_prefix,
+)
 from tests.limits.conftest import REDIS_URL, redis_problem
 from tollway.accounting.keys import new_account, new_key
 from tollway.store import LedgerEntry, SQLStore, UsageRecord, open_store
@@ -306,13 +314,7 @@ targets = [{{ upstream = "fake" }}]
 
 def _redis_delete(prefix: str) -> None:
     with contextlib.suppress(redis.RedisError):
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_prefix(REDIS_URL, prefix)
 
 
 @pytest.fixture

@@ -362,14 +362,7 @@ class SharedWallet:
         return len(self._unsettled)
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except RedisError as exc:
-            self.outages += 1
-            log.warning("Redis unreachable for balances (%s): money-limited requests get 529 until it answers",
-                        exc)
-            raise Overloaded("Balances cannot be checked right now; please retry shortly.",
-                             headers={"retry-after": "1"}) from None
+        return await self._guard(script(keys=keys, args=args))
 
     # -- seeding and keeping in step with the store ----------------------------------------------------
 
@@ -406,10 +399,14 @@ class SharedWallet:
                              f"{wait:.1f} s.", headers={"retry-after": str(max(1, math.ceil(wait)))})
 
     async def _guard(self, call: Awaitable[Any]) -> Any:
+        """Await a Redis call; Redis out of reach is a 529 for the request (spending unchecked money is not
+        an option), counted and logged."""
         try:
             return await call
         except RedisError as exc:
             self.outages += 1
+            log.warning("Redis unreachable for balances (%s): money-limited requests get 529 until it answers",
+                        exc)
             raise Overloaded("Balances cannot be checked right now; please retry shortly.",
                              headers={"retry-after": "1"}) from exc
 
