@@ -10,6 +10,10 @@ scripts/bootstrap.sh dev
 if ! scripts/install-claude-code.sh >/dev/null; then
     echo "test: Claude Code could not be installed; its tests will be skipped" >&2
 fi
+# Debian's Chromium for tests/browser; without it those tests skip and say why (under CI they fail).
+if ! scripts/install-browser.sh >/dev/null; then
+    echo "test: Chromium could not be installed; the browser tests will be skipped" >&2
+fi
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 echo "== mypy (strict)"

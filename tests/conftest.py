@@ -56,10 +56,10 @@ class Gateway:
 
     def create_key(self, name: str = "test", models: tuple[str, ...] | None = None, *, rpm: int | None = None,
                    itpm: int | None = None, otpm: int | None = None, max_concurrency: int | None = None,
-                   budget: Budget | None = None, account: str | None = None) -> str:
+                   budget: Budget | None = None, account: str | None = None, log_bodies: bool = False) -> str:
         record, secret = new_key(name, models)
         record = dataclasses.replace(record, rpm=rpm, itpm=itpm, otpm=otpm, max_concurrency=max_concurrency,
-                                     budget=budget or Budget(), account_id=account)
+                                     budget=budget or Budget(), account_id=account, log_bodies=log_bodies)
         self.server.thread.run(self.services.store.insert_key(record))
         return secret
 

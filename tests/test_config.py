@@ -233,7 +233,7 @@ def test_missing_env_var_names_file_and_key(raw: dict[str, Any], where: str) -> 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, limits, models, "
+        (minimal(listen=1), "conf.toml: listen: unknown key (expected one of: admin, key_limits, limits, log, models, "
                             "server, storage, upstreams)"),
         (minimal(server={"hots": "x"}), "conf.toml: server.hots: unknown key (expected one of: host, "
                                         "max_body_bytes, port, shutdown_timeout, workers)"),
@@ -687,3 +687,12 @@ def test_shared_limits_config() -> None:
     assert "redis://" not in repr(limits)  # it may carry a password
     assert config_error(minimal(limits={"url": "http://x"})) == (
         "conf.toml: limits.url: must be a redis://, rediss:// or unix:// URL")
+
+
+def test_the_request_log_goes_to_stderr_unless_told() -> None:
+    assert parse_config(minimal(), "conf.toml", {}).log.requests == "stderr"
+    assert parse_config(minimal(log={"requests": "/var/log/tollway.jsonl"}), "conf.toml", {}).log.requests == \
+        "/var/log/tollway.jsonl"
+    assert config_error(minimal(log={"requests": " "})) == \
+        'conf.toml: log.requests: must be "stderr", "stdout", "off" or a file path'
+    assert config_error(minimal(log={"level": "debug"})).startswith("conf.toml: log.level: unknown key")

@@ -63,6 +63,12 @@ class StorageConfig:
     """PostgreSQL connections opened beyond ``pool_size`` at a peak, and closed after it."""
 
 
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    requests: str = "stderr"
+    """Where the one JSON line per request goes: ``stderr``, ``stdout``, a file path (appended to), or ``off``."""
+
+
 ADMIN_TOKEN_MIN_LENGTH = 16
 
 
@@ -190,6 +196,7 @@ class Config:
     """Per key and model overrides of the models' limits, in file order."""
     admin: AdminConfig = field(default_factory=AdminConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "<built-in defaults>"
     """Where this config came from, for messages and the startup banner."""
 
@@ -310,7 +317,7 @@ class _Reader:
 
 def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     root = _Reader(source, environ, raw, "")
-    root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin", "limits"})
+    root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin", "limits", "log"})
 
     s = root.table("server")
     s.check_keys({"host", "port", "shutdown_timeout", "max_body_bytes", "workers"})
@@ -354,8 +361,13 @@ def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     limits = _parse_limits_backend(root.table("limits"))
     if server.workers > 1 and limits.url is None:
         raise ConfigError(workers_need_redis(source, server.workers))
+    lg = root.table("log")
+    lg.check_keys({"requests"})
+    log = LogConfig(requests=lg.string("requests", "stderr"))
+    if not log.requests.strip():
+        raise lg.fail("requests", 'must be "stderr", "stdout", "off" or a file path')
     return Config(server=server, storage=storage, upstreams=upstreams, models=models, key_limits=key_limits,
-                  admin=_parse_admin(root.table("admin"), server), limits=limits, source=source)
+                  admin=_parse_admin(root.table("admin"), server), limits=limits, log=log, source=source)
 
 
 def workers_need_redis(source: str, workers: int) -> str:

@@ -181,7 +181,7 @@ def test_a_key_named_like_an_existing_account_gets_an_account_of_its_own(admin: 
     ({"name": "   "}, "name: must not be empty"),
     ({"name": 5}, "name: must be a string, not a number"),
     ({"name": "x" * 201}, "name: must be at most 200 characters"),
-    ({"name": "k", "colour": "red"}, "colour: unknown field (expected: account, budget_usd, cap_usd, itpm, "
+    ({"name": "k", "colour": "red"}, "colour: unknown field (expected: account, budget_usd, cap_usd, itpm, log_bodies, "
                                      "max_concurrency, models, name, otpm, period, rpm)"),
     ({"name": "k", "models": []}, "models: give at least one pattern, or null for every model"),
     ({"name": "k", "models": "claude-*"}, "models: must be an array of model name patterns, not a string"),
@@ -239,6 +239,17 @@ def test_update_limits_apply_to_the_next_request(gw: Gateway, admin: httpx.Clien
     assert ok(admin.patch(f"/admin/keys/{key['id']}", json={"rpm": 0}))["limits"]["rpm"] is None
     assert ask(gw, key["secret"]).status_code == 200
     assert ok(admin.get(f"/admin/keys/{key['id']}"))["limits"]["max_concurrency"] == 4
+
+
+def test_a_keys_bodies_are_logged_only_when_turned_on(admin: httpx.Client) -> None:
+    assert create_key(admin)["log_bodies"] is False
+    key = create_key(admin, log_bodies=True)
+    assert key["log_bodies"] is True
+    path = f"/admin/keys/{key['id']}"
+    assert ok(admin.patch(path, json={"log_bodies": False}))["log_bodies"] is False
+    assert ok(admin.get(path))["log_bodies"] is False
+    error_of(admin.patch(path, json={"log_bodies": "yes"}), 400, "invalid_request_error",
+             "log_bodies: must be true or false, not a string")
 
 
 def test_update_a_keys_budget(admin: httpx.Client) -> None:

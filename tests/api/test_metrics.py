@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import anthropic
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Gateway, Upstream, gateway_config
-from tollway.config import LimitsConfig
+from tollway.config import LimitsConfig, parse_config
 
 
 def scrape(gateway: Gateway) -> dict[str, float]:
@@ -52,3 +54,60 @@ def test_metrics_say_when_redis_is_away(upstream: Upstream, tmp_path: Path) -> N
         assert samples["tollway_balances_unsettled"] == 0
     finally:
         gateway.server.close()
+
+
+def test_requests_tokens_cost_latency_and_failovers_are_counted(upstream: Upstream, tmp_path: Path) -> None:
+    raw = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "storage": {"url": f"sqlite:///{tmp_path / 'm.db'}", "flush_interval": 0.05},
+        "upstreams": [
+            {"name": "fake", "kind": "anthropic", "base_url": upstream.url, "api_keys": ["upstream-secret"]},
+            # Port 1 on loopback refuses connections: an upstream that is down, tried first.
+            {"name": "dead", "kind": "anthropic", "base_url": "http://127.0.0.1:1", "api_keys": ["x"]},
+        ],
+        "models": [
+            {"name": "claude-sonnet-4-6", "targets": [{"upstream": "fake"}]},
+            {"name": "claude-opus-4-6", "targets": [{"upstream": "dead"}, {"upstream": "fake", "priority": 2}]},
+        ],
+        "log": {"requests": "off"},
+    }
+    gateway = Gateway(parse_config(raw, "test", {}))
+    try:
+        client = gateway.client(gateway.create_key("m"))
+        for _ in range(3):
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                                   messages=[{"role": "user", "content": "m"}])
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=16,
+                                    messages=[{"role": "user", "content": "m"}]) as s:
+            s.until_done()
+        for _ in range(4):  # the third failure in a row rests "dead": the fourth request goes straight to "fake"
+            client.messages.create(model="claude-opus-4-6", max_tokens=16, messages=[{"role": "user", "content": "m"}])
+        for model in ("no-such-model", "another-made-up-one"):
+            with pytest.raises(anthropic.NotFoundError):
+                client.messages.create(model=model, max_tokens=16, messages=[{"role": "user", "content": "m"}])
+        with pytest.raises(anthropic.AuthenticationError):
+            gateway.client("tw-nope").messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                                                      messages=[{"role": "user", "content": "m"}])
+        m = scrape(gateway)
+    finally:
+        gateway.server.close()
+    label = "endpoint=messages,error_type=,model={},status={},upstream={}"
+    assert m["tollway_requests_total{" + label.format("claude-sonnet-4-6", 200, "fake") + "}"] == 4
+    assert m["tollway_requests_total{" + label.format("claude-opus-4-6", 200, "fake") + "}"] == 4
+    # Models nobody routes share one series; a refused key names no model or upstream.
+    assert m["tollway_requests_total{endpoint=messages,error_type=not_found_error,model=other,status=404,"
+             "upstream=}"] == 2
+    assert m["tollway_requests_total{endpoint=messages,error_type=authentication_error,model=,status=401,"
+             "upstream=}"] == 1
+    assert m["tollway_upstream_failovers_total{upstream=dead}"] == 3
+    assert m["tollway_request_duration_seconds_count{stream=false,upstream=fake}"] == 7
+    assert m["tollway_request_duration_seconds_count{stream=true,upstream=fake}"] == 1
+    assert m["tollway_request_duration_seconds_bucket{le=+Inf,stream=false,upstream=fake}"] == 7
+    assert m["tollway_request_duration_seconds_sum{stream=false,upstream=fake}"] > 0
+    assert m["tollway_time_to_first_byte_seconds_count{stream=true,upstream=fake}"] == 1
+    assert m["tollway_tokens_total{kind=input,model=claude-sonnet-4-6}"] > 0
+    assert m["tollway_tokens_total{kind=output,model=claude-sonnet-4-6}"] > 0
+    assert m["tollway_cost_usd_total{model=claude-sonnet-4-6}"] > 0
+    assert "tollway_request_log_dropped_lines_total" not in m  # the request log is off here
+    assert m["tollway_upstream_rests_total{scope=upstream,upstream=dead}"] == 1
+    assert m["tollway_upstream_rests_total{scope=key,upstream=fake}"] == 0

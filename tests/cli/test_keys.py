@@ -158,3 +158,14 @@ def test_keys_update_limits_and_budget_together(cli: CLI) -> None:
     # The balance stays in the ledger when prepaid is turned off; a later top-up starts from it.
     assert cli.sql("SELECT SUM(amount_nanousd) FROM ledger") == [(1_000_000_000,)]
     assert "\tno balance\tcap $3.000000/day" in cli.main("keys", "list").stdout
+
+
+def test_a_key_logs_its_bodies_only_when_asked(cli: CLI) -> None:
+    quiet = created(cli.main("keys", "create", "--name", "quiet"))
+    loud = created(cli.main("keys", "create", "--name", "loud", "--log-bodies"))
+    assert dict(cli.sql("SELECT id, log_bodies FROM keys")) == {quiet: 0, loud: 1}
+    listed = cli.main("keys", "list").stdout.splitlines()
+    assert [line.endswith("\tlogs-bodies") for line in listed] == [False, True]
+    assert cli.main("keys", "update", quiet, "--log-bodies", "on").stdout == f"updated {quiet}: log_bodies=True\n"
+    cli.main("keys", "update", loud, "--log-bodies", "off")
+    assert dict(cli.sql("SELECT id, log_bodies FROM keys")) == {quiet: 1, loud: 0}

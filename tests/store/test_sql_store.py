@@ -105,6 +105,25 @@ async def test_revoke_key(store: SQLStore) -> None:
     assert (await store.list_keys())[0].revoked_at == revoked_at  # a second revoke does not move the time
 
 
+async def test_update_key_settings(store: SQLStore) -> None:
+    await store.insert_key(key("key_a", "a"))
+    await store.insert_key(key("key_b", "b"))
+    mark = datetime.now(UTC)
+    assert await store.update_key("key_a", {"rpm": 5, "models": ("claude-*",), "log_bodies": True}) is True
+    a = await store.key("key_a")
+    assert a is not None and (a.rpm, a.models, a.log_bodies) == (5, ("claude-*",), True)
+    # The change moves updated_at, which is how every replica's key cache picks it up.
+    assert [k.id for k in await store.keys_changed_since(mark)] == ["key_a"]
+    assert await store.update_key("key_a", {"models": None, "rpm": None, "log_bodies": False}) is True
+    a = await store.key("key_a")
+    assert a is not None and (a.rpm, a.models, a.log_bodies) == (None, None, False)
+    b = await store.key("key_b")
+    assert b is not None and (b.rpm, b.log_bodies) == (None, False)  # the other key is untouched
+    assert await store.update_key("key_missing", {"rpm": 1}) is False
+    with pytest.raises(ValueError, match="not a key setting: name"):
+        await store.update_key("key_a", {"name": "x"})
+
+
 async def test_keys_changed_since(store: SQLStore) -> None:
     await store.insert_key(key("key_old", "old", created=T0))
     await store.insert_key(key("key_new", "new", created=T0 + timedelta(hours=1)))

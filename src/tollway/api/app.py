@@ -27,6 +27,7 @@ from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import open_store
+from tollway.telemetry import AccessLog, RequestStats, open_sink
 
 if TYPE_CHECKING:
     from tollway.accounting.shared_wallet import SharedWallet
@@ -113,6 +114,11 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         await ledger.start()
         await funds.start()
         await table.start()
+        access_log = None
+        if config.log.requests != "off":
+            sink, owned = open_sink(config.log.requests)
+            access_log = AccessLog(sink, owns_sink=owned)
+            await access_log.start()
         health = HealthBoard()
         limiter = _limiter(config)
         bus = None
@@ -131,7 +137,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             await bus.start()
         app[SERVICES] = Services(config=config, store=store, keys=keys, ledger=ledger, table=table, health=health,
                                  router=Router(table, health), limiter=limiter,
-                                 limit_rules=LimitRules.from_config(config), funds=funds, bus=bus)
+                                 limit_rules=LimitRules.from_config(config), funds=funds, bus=bus,
+                                 stats=RequestStats(table.routes.__contains__), access_log=access_log)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
         # out of the collector's reach keeps each full collection on the request path short.
         gc.collect()
@@ -153,6 +160,8 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             if bus is not None:
                 await bus.close()
             await ledger.close()
+            if access_log is not None:
+                await access_log.close()
             await store.close()
             log.info("usage flushed; %d rows dropped in this run", ledger.dropped)
 

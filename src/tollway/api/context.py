@@ -16,6 +16,7 @@ from tollway.routing.health import HealthBoard
 from tollway.routing.router import Router
 from tollway.routing.table import RoutingTable
 from tollway.store import SQLStore
+from tollway.telemetry import AccessLog, RequestStats
 
 if TYPE_CHECKING:  # the Redis client is imported only where it is configured
     from tollway.pubsub import Bus
@@ -33,6 +34,9 @@ class Services:
     limiter: Limiter
     limit_rules: LimitRules
     funds: Funds
+    stats: RequestStats
+    access_log: AccessLog | None = None
+    """The one JSON line per request; None when ``[log] requests = "off"``."""
     bus: Bus | None = None
     """Messages to and from the other replicas, when there is Redis."""
     open_streams: int = 0

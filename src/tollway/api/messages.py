@@ -42,6 +42,7 @@ from tollway.routing.router import Request as RouterRequest
 from tollway.routing.router import Try
 from tollway.routing.table import Route
 from tollway.store import KeyRecord, UsageRecord
+from tollway.telemetry import Capture, request_line
 
 log = logging.getLogger("tollway.messages")
 
@@ -77,6 +78,9 @@ class Outcome:
     hold: Hold | None = None
     """What it reserved from its key's and account's money."""
     prices: Prices | None = None
+    request_body: bytes | None = None
+    """Kept only for a key whose bodies the request log carries, as is ``capture``."""
+    capture: Capture | None = None
 
     def fail(self, status: int, error_type: str | None) -> None:
         self.status, self.error_type = status, error_type
@@ -135,6 +139,8 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
     """Check the request in the real API's order; return its route and what the router needs."""
     outcome.key = key = await authenticate(request, services.keys)
     body, payload = await read_json(request, services.config.server.max_body_bytes)
+    if key.log_bodies and services.access_log is not None:
+        outcome.request_body, outcome.capture = body, Capture()
     headers = forwarded_headers(request)
     counting = outcome.endpoint == "count_tokens"
     model = payload.get("model") if isinstance(payload, dict) else None
@@ -180,6 +186,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if reply.chunks is not None:
             return await _stream(request, services, reply, outcome, request_id)
         outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)
+        if outcome.capture is not None:
+            outcome.capture.add(reply.body)
         headers = dict(reply.headers)
         if outcome.admission is not None:
             headers.update(outcome.admission.headers)
@@ -214,6 +222,7 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if outcome.hold is not None:
             await services.funds.settle(outcome.hold, row.cost_nanousd or 0)
         services.ledger.record(row)
+        _observe(request, services, outcome, row)
         if outcome.admission is not None:
             await limit_policy.settle(services.limiter, outcome.admission,
                                       row.input_tokens + row.cache_creation_input_tokens, row.output_tokens)
@@ -232,11 +241,19 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
     request[STREAM_STARTED] = True
     outcome.fail(200, None)
     services.open_streams += 1
+    capture = outcome.capture
     try:
         if reply.head:
+            if capture is not None:
+                capture.add(reply.head)
             await response.write(reply.head)
-        async for chunk in reply.chunks:
-            await response.write(chunk)
+        if capture is None:
+            async for chunk in reply.chunks:
+                await response.write(chunk)
+        else:
+            async for chunk in reply.chunks:
+                capture.add(chunk)
+                await response.write(chunk)
         if reply.upstream_error is not None:
             outcome.fail(200, reply.upstream_error)
     except UpstreamError as exc:
@@ -252,6 +269,21 @@ async def _stream(request: web.Request, services: Services, reply: UpstreamReply
         services.open_streams -= 1
     await _write_or_leave(response, b"", outcome, eof=True)
     return response
+
+
+def _observe(request: web.Request, services: Services, outcome: Outcome, row: UsageRecord) -> None:
+    """Count the request for ``/metrics`` and write its log line."""
+    tries = outcome.tries
+    services.stats.record(row, [t.upstream for t in tries] if tries and len(tries) > 1 else ())
+    access_log = services.access_log
+    if access_log is None:
+        return
+    capture = outcome.capture
+    access_log.write(request_line(
+        row, client=request.remote, user_agent=request.headers.get("user-agent"),
+        key_name=outcome.key.name if outcome.key else None, tries=len(tries) if tries else 0,
+        request_body=outcome.request_body, response_body=None if capture is None else capture.body(),
+        response_size=None if capture is None else capture.size))
 
 
 async def _write_or_leave(response: web.StreamResponse, data: bytes, outcome: Outcome, *, eof: bool = False) -> bool:

@@ -1,8 +1,10 @@
 """``GET /metrics``: the gateway's state in Prometheus's text format, for an operator's dashboards and alerts.
 
-Everything here is read at scrape time from what the gateway keeps anyway (the ledger's queue, the shared
-stores' state, the upstreams' health board), through a collector of the official client library: nothing is
-counted on a request's path for it, so scraping costs the requests nothing.
+Everything here is read at scrape time, through a collector of the official client library, from what the
+gateway keeps anyway (the ledger's queue, the shared stores' state, the upstreams' health board) and from the
+request totals of `tollway.telemetry.RequestStats`, which a request adds to in plain dictionaries as it ends.
+Scraping costs the requests nothing, and the client library's own per-increment locks stay off their path.
+Every figure is this process's own since it started: with several workers or replicas, sum over them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tollway.api.context import SERVICES, Services
+from tollway.telemetry import RequestStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -54,6 +57,11 @@ def collect(s: Services) -> Iterator[Metric]:
         yield GaugeMetricFamily("tollway_replica_messages_listening",
                                 "1 while messages from other replicas (rests, changes) arrive.",
                                 value=1 if s.bus.listening else 0)
+    yield from _requests(s.stats)
+    if s.access_log is not None:
+        yield CounterMetricFamily("tollway_request_log_dropped_lines",
+                                  "Request log lines not written (the sink failed or fell 64 MB behind).",
+                                  value=s.access_log.dropped)
     resting = GaugeMetricFamily("tollway_upstream_resting_seconds", "Seconds left of an upstream's rest.",
                                 labels=["upstream"])
     in_flight = GaugeMetricFamily("tollway_upstream_in_flight", "Requests to an upstream now.", labels=["upstream"])
@@ -61,6 +69,8 @@ def collect(s: Services) -> Iterator[Metric]:
                                 labels=["upstream", "outcome"])
     keys_resting = GaugeMetricFamily("tollway_upstream_keys_resting", "An upstream's keys resting now.",
                                      labels=["upstream"])
+    rests = CounterMetricFamily("tollway_upstream_rests", "Rests (cooldowns) this process gave an upstream or its "
+                                "keys after failures.", labels=["upstream", "scope"])
     for up in s.health.snapshot(s.table.key_counts()):
         name = str(up["upstream"])
         resting.add_metric([name], float(up["resting_s"]))
@@ -68,7 +78,43 @@ def collect(s: Services) -> Iterator[Metric]:
         tries.add_metric([name, "success"], float(up["successes"]))
         tries.add_metric([name, "error"], float(up["errors"]))
         keys_resting.add_metric([name], float(sum(1 for k in up["keys"] if k["resting_s"] > 0)))
-    yield from (resting, in_flight, tries, keys_resting)
+        rests.add_metric([name, "upstream"], float(up["rests"]))
+        rests.add_metric([name, "key"], float(sum(k["rests"] for k in up["keys"])))
+    yield from (resting, in_flight, tries, keys_resting, rests)
+
+
+def _requests(stats: RequestStats) -> Iterator[Metric]:
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+    requests = CounterMetricFamily("tollway_requests", "Requests ended, by endpoint, model asked for, upstream, "
+                                   "HTTP status and error type (empty: none).",
+                                   labels=["endpoint", "model", "upstream", "status", "error_type"])
+    for labels, count in list(stats.requests.items()):
+        requests.add_metric(list(labels), float(count))
+    yield requests
+    for name, doc, histograms in (
+            ("tollway_request_duration_seconds", "From the request's arrival to its last byte sent.", stats.latency),
+            ("tollway_time_to_first_byte_seconds", "From the request's arrival to the upstream's first byte.",
+             stats.ttfb)):
+        family = HistogramMetricFamily(name, doc, labels=["upstream", "stream"])
+        for (upstream, stream), h in list(histograms.items()):
+            family.add_metric([upstream, stream], h.cumulative(), sum_value=h.total)
+        yield family
+    tokens = CounterMetricFamily("tollway_tokens", "Tokens, by model asked for and kind.", labels=["model", "kind"])
+    cost = CounterMetricFamily("tollway_cost_usd", "What requests cost at the configured prices, by model asked for.",
+                               labels=["model"])
+    for model, t in list(stats.models.items()):
+        kinds = (("input", t.input_tokens), ("output", t.output_tokens),
+                 ("cache_read", t.cache_read_input_tokens), ("cache_creation", t.cache_creation_input_tokens))
+        for kind, value in kinds:
+            tokens.add_metric([model, kind], float(value))
+        cost.add_metric([model], t.cost_nanousd / 1e9)
+    yield from (tokens, cost)
+    failovers = CounterMetricFamily("tollway_upstream_failovers", "Tries that failed and were followed by another "
+                                    "try (another key or upstream), by the upstream that failed.", labels=["upstream"])
+    for upstream, count in list(stats.failovers.items()):
+        failovers.add_metric([upstream], float(count))
+    yield failovers
 
 
 def metrics_handler() -> Callable[[web.Request], Awaitable[web.Response]]:

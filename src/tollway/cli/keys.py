@@ -25,6 +25,8 @@ def add_parser(sub: SubParsers, common: argparse.ArgumentParser) -> None:
                         help="the account it belongs to (default: a new account of its own, named after the key)")
     _limit_flags(create, "no limit")
     budgets.add_flags(create, update=False)
+    create.add_argument("--log-bodies", action="store_true",
+                        help="the request log carries this key's requests and answers (default: never)")
     keys.add_parser("list", parents=[common],
                     help="one key a line: id, name, hint, models, limits, state, created, account, balance, cap")
     update = keys.add_parser("update", parents=[common],
@@ -32,6 +34,8 @@ def add_parser(sub: SubParsers, common: argparse.ArgumentParser) -> None:
     update.add_argument("id")
     _limit_flags(update, "unchanged")
     budgets.add_flags(update, update=True)
+    update.add_argument("--log-bodies", choices=("on", "off"),
+                        help="whether the request log carries this key's requests and answers")
     budgets.add_topup(keys, common, "a key's own", "ID")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key (takes effect within seconds)")
     revoke.add_argument("id")
@@ -82,7 +86,7 @@ async def _create(args: argparse.Namespace, store: SQLStore) -> int:
     lim = _limits(args)
     record = dataclasses.replace(record, rpm=lim.get("rpm"), itpm=lim.get("itpm"), otpm=lim.get("otpm"),
                                  max_concurrency=lim.get("max_concurrency"), account_id=account.id,
-                                 budget=budgets.new(args))
+                                 budget=budgets.new(args), log_bodies=args.log_bodies)
     await store.insert_key(record, own)
     funded = await budgets.fund(store, record, args)
     models = ", ".join(record.models) if record.models else "all models"
@@ -105,20 +109,23 @@ async def _list(store: SQLStore) -> int:
                          if getattr(key, name) is not None) or "no-limits"
         account = accounts.get(key.account_id or "", "-")
         money = budgets.columns(key.budget, balances.get(key.id, 0))
+        logged = "\tlogs-bodies" if key.log_bodies else ""
         print(f"{key.id}\t{key.name}\t{key.hint}\t{models}\t{shown}\t{state}\t"
-              f"created {key.created_at:%Y-%m-%d %H:%M}\t{account}\t{money}")
+              f"created {key.created_at:%Y-%m-%d %H:%M}\t{account}\t{money}{logged}")
     return 0
 
 
 async def _update(args: argparse.Namespace, store: SQLStore) -> int:
-    limits = _limits(args)
-    if not limits and not budgets.given(args):
-        raise Refused("nothing to change (give --rpm, --itpm, --otpm, --max-concurrency, --cap-usd, --period "
-                      "or --no-balance)", code=2)
+    changes: dict[str, object] = dict(_limits(args))
+    if args.log_bodies is not None:
+        changes["log_bodies"] = args.log_bodies == "on"
+    if not changes and not budgets.given(args):
+        raise Refused("nothing to change (give --rpm, --itpm, --otpm, --max-concurrency, --cap-usd, --period, "
+                      "--no-balance or --log-bodies)", code=2)
     key = found(await store.key(args.id), f"no key with id {args.id}")
-    if limits:
-        await store.update_key_limits(key.id, limits)
-    shown = [f"{k}={v if v is not None else 'none'}" for k, v in limits.items()]
+    if changes:
+        await store.update_key(key.id, changes)
+    shown = [f"{k}={v if v is not None else 'none'}" for k, v in changes.items()]
     shown += await budgets.update(store, key, args)
     print(f"updated {key.id}: " + ", ".join(shown))
     return 0

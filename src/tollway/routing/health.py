@@ -36,6 +36,8 @@ class Rest:
     """When the last failure was recorded: a success of a request that started before it says nothing."""
     successes: int = 0
     errors: int = 0
+    rests: int = 0
+    """Rests this process decided (not those heard from other replicas), since it started."""
 
 
 class HealthBoard:
@@ -101,6 +103,7 @@ class HealthBoard:
             extra = rest.failures - (STREAK if scope == "upstream" else 1)
             delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** extra)
         rest.until = max(rest.until, self.clock() + delay)
+        rest.rests += 1
         if self.on_rest is not None:
             self.on_rest(upstream, key if scope == "key" else None, delay, rate_limited, error)
         return delay
@@ -125,9 +128,10 @@ class HealthBoard:
                 k = self._keys.get((name, i), Rest())
                 keys.append({"key": i, "resting_s": round(max(0.0, k.until - now), 3), "failures": k.failures,
                              "rate_limited": k.rate_limited and k.until > now, "last_error": k.last_error,
-                             "successes": k.successes, "errors": k.errors})
+                             "successes": k.successes, "errors": k.errors, "rests": k.rests})
             resting = max(0.0, up.until - now)
             out.append({"upstream": name, "state": "resting" if resting else "ok", "resting_s": round(resting, 3),
                         "failures": up.failures, "last_error": up.last_error, "successes": up.successes,
-                        "errors": up.errors, "in_flight": self.in_flight.get(name, 0), "keys": keys})
+                        "errors": up.errors, "rests": up.rests, "in_flight": self.in_flight.get(name, 0),
+                        "keys": keys})
         return out

@@ -61,6 +61,9 @@ class KeyRecord:
     """Requests in flight at once."""
     account_id: str | None = None
     budget: Budget = UNLIMITED
+    log_bodies: bool = False
+    """The request log carries this key's requests and answers (never its secret). Off unless the operator
+    turns it on, for one key at a time."""
 
     @property
     def active(self) -> bool:

@@ -84,7 +84,7 @@ def to_key(row: Any) -> KeyRecord:
                      models=tuple(row.models) if row.models is not None else None,
                      created_at=created, revoked_at=aware(row.revoked_at), rpm=row.rpm, itpm=row.itpm,
                      otpm=row.otpm, max_concurrency=row.max_concurrency, account_id=row.account_id,
-                     budget=to_budget(row))
+                     budget=to_budget(row), log_bodies=bool(row.log_bodies))
 
 
 def to_account(row: Any) -> AccountRecord:

@@ -40,6 +40,7 @@ keys = Table(
     Column("prepaid", Boolean, nullable=False, server_default=false()),
     Column("cap_nanousd", BigInteger, nullable=True),
     Column("cap_period", String(10), nullable=True),
+    Column("log_bodies", Boolean, nullable=False, server_default=false()),
     Index("ix_keys_updated_at", "updated_at"),
     Index("ix_keys_account", "account_id"),
 )

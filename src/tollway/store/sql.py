@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ __all__ = ["CONNECT_TIMEOUT", "POSTGRES_PREFIXES", "SQLITE_PREFIX", "SQLStore", 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Every revision in migrations/versions, oldest first (a test holds this to alembic's own list): the schema
 # check at start reads it without loading alembic, which is slow to import.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+KEY_SETTINGS = frozenset({"rpm", "itpm", "otpm", "max_concurrency", "models", "log_bodies"})
 HEAD_REVISION = REVISIONS[-1]
 SUMMARY_GROUPS = ("key", "model", "upstream", "day")
 
@@ -194,7 +195,7 @@ class SQLStore:
                 models=list(key.models) if key.models is not None else None,
                 created_at=key.created_at, revoked_at=key.revoked_at, updated_at=key.created_at, rpm=key.rpm,
                 itpm=key.itpm, otpm=key.otpm, max_concurrency=key.max_concurrency, account_id=key.account_id,
-                prepaid=b.prepaid, cap_nanousd=b.cap_nanousd, cap_period=b.cap_period))
+                prepaid=b.prepaid, cap_nanousd=b.cap_nanousd, cap_period=b.cap_period, log_bodies=key.log_bodies))
 
     async def list_keys(self) -> list[KeyRecord]:
         async with self._connect() as conn:
@@ -214,12 +215,20 @@ class SQLStore:
             row = (await conn.execute(select(schema.keys).where(schema.keys.c.secret_hash == secret_hash))).first()
         return None if row is None else to_key(row)
 
-    async def update_key_limits(self, key_id: str, limits: dict[str, int | None]) -> bool:
-        """Set some of rpm, itpm, otpm, max_concurrency (None removes a limit); True if the key exists."""
+    async def update_key(self, key_id: str, changes: Mapping[str, object]) -> bool:
+        """Set any of the key's limits, ``models`` (patterns, or None for every model) and ``log_bodies``; True
+        if the key exists. The new ``updated_at`` is what has every replica's key cache reload the key."""
+        unknown = set(changes) - KEY_SETTINGS
+        if unknown:
+            raise ValueError(f"not a key setting: {', '.join(sorted(unknown))}")
+        values = dict(changes)
+        models = values.get("models")
+        if isinstance(models, tuple):
+            values["models"] = list(models)
         async with self._begin() as conn:
             result = await conn.execute(
                 update(schema.keys).where(schema.keys.c.id == key_id)
-                .values(**limits, updated_at=datetime.now(UTC)))
+                .values(**values, updated_at=datetime.now(UTC)))
         return result.rowcount > 0
 
     async def key(self, key_id: str) -> KeyRecord | None:

@@ -38,7 +38,7 @@ async def _view(s: Services, account: AccountRecord) -> View:
     return account_view(account, await Balances.load(s, [account.id]), key_counts(await s.store.list_keys()))
 
 
-async def _reloaded(s: Services, account_id: str) -> View:
+async def reloaded(s: Services, account_id: str) -> View:
     await s.funds.refresh()
     s.announce_change()
     return await _view(s, await find_account(s, account_id))
@@ -72,7 +72,7 @@ async def create_account(request: web.Request) -> web.Response:
     except IntegrityError:
         raise taken from None
     await cli_budgets.fund(s.store, account, money)
-    return json_response(await _reloaded(s, account.id), status=201)
+    return json_response(await reloaded(s, account.id), status=201)
 
 
 routes.get("/accounts/{ref}")(show_handler("ref", find_account, _view))
@@ -87,7 +87,7 @@ async def update_account(request: web.Request) -> web.Response:
     if not budgets.changes_budget(money):
         raise InvalidRequest(f"nothing to change: give any of {', '.join(budgets.CHANGE_FIELDS)}")
     await budgets.change_budget(s, account, money)
-    return json_response(await _reloaded(s, account.id))
+    return json_response(await reloaded(s, account.id))
 
 
-routes.post("/accounts/{ref}/topup")(budgets.topup_handler("ref", find_account, _reloaded))
+routes.post("/accounts/{ref}/topup")(budgets.topup_handler("ref", find_account, reloaded))

@@ -79,6 +79,15 @@ class FailedAttempts:
         self._tat[client] = max(self._tat.get(client, now), now) + self._interval
 
 
+def refuse_if_spent(attempts: FailedAttempts, client: str) -> None:
+    """A 429 with ``retry-after`` for a client that has used up its failures, whatever it presents now."""
+    wait = attempts.wait(client)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(f"too many failed admin token attempts from this address: try again in {seconds} s",
+                          headers={"retry-after": str(seconds)})
+
+
 def presented_token(request: web.Request) -> str | None:
     presented = request.headers.get("x-admin-token")
     if presented is None:
@@ -92,11 +101,7 @@ def guard(token_sha256: bytes, attempts: FailedAttempts) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Runs before routing errors are raised, so an unknown path or method tells nothing without the token.
         client = client_of(request.remote)
-        wait = attempts.wait(client)
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            raise RateLimited(f"too many failed admin token attempts from this address: try again in {seconds} s",
-                              headers={"retry-after": str(seconds)})
+        refuse_if_spent(attempts, client)
         presented = presented_token(request)
         if presented is None:
             attempts.failed(client)

@@ -7,10 +7,8 @@ for money), so the next request sees it, rather than after the next background r
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 
 from aiohttp import web
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from tollway.accounting.keys import new_account, new_key
@@ -22,12 +20,11 @@ from tollway.api.context import Services
 from tollway.cli import budgets as cli_budgets
 from tollway.config import LIMIT_FIELDS
 from tollway.errors import InvalidRequest
-from tollway.store import AccountRecord, KeyRecord, SQLStore, schema
-from tollway.store.sql import StoreUnavailable, unreachable
+from tollway.store import AccountRecord, KeyRecord
 
 routes = web.RouteTableDef()
-CREATE_FIELDS = ("name", "models", "account", *LIMIT_FIELDS, *budgets.NEW_FIELDS)
-UPDATE_FIELDS = ("models", *LIMIT_FIELDS, *budgets.CHANGE_FIELDS)
+CREATE_FIELDS = ("name", "models", "account", *LIMIT_FIELDS, *budgets.NEW_FIELDS, "log_bodies")
+UPDATE_FIELDS = ("models", *LIMIT_FIELDS, *budgets.CHANGE_FIELDS, "log_bodies")
 
 
 async def find_key(s: Services, key_id: str) -> KeyRecord:
@@ -40,7 +37,7 @@ async def _view(s: Services, key: KeyRecord) -> View:
     return key_view(key, await Balances.load(s, [key.id]), None if account is None else account.name)
 
 
-async def _reloaded(s: Services, key_id: str) -> View:
+async def reloaded(s: Services, key_id: str) -> View:
     await s.keys.refresh()
     await s.funds.refresh()
     s.announce_change()
@@ -58,15 +55,21 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.post("/keys")
 async def create_key(request: web.Request) -> web.Response:
-    s = services(request)
-    fields = await Fields.read(request, CREATE_FIELDS)
+    view, secret = await create(services(request), await Fields.read(request, CREATE_FIELDS))
+    # The secret is in this answer only: the store keeps its hash.
+    return json_response({**view, "secret": secret}, status=201)
+
+
+async def create(s: Services, fields: Fields) -> tuple[View, str]:
+    """Make a key from ``fields`` (any of `CREATE_FIELDS`), with an account of its own unless one is named, and
+    load it into the gateway: its view and its secret, which exists nowhere else."""
     name = fields.string("name", required=True)
     assert name is not None
     record, secret = new_key(name, fields.patterns("models"))
     money = budgets.new_budget(fields)
     record = dataclasses.replace(record, rpm=fields.limit("rpm"), itpm=fields.limit("itpm"),
                                  otpm=fields.limit("otpm"), max_concurrency=fields.limit("max_concurrency"),
-                                 budget=cli_budgets.new(money))
+                                 budget=cli_budgets.new(money), log_bodies=bool(fields.boolean("log_bodies")))
     ref = fields.string("account")
     own: AccountRecord | None = None
     if ref is not None:
@@ -86,9 +89,7 @@ async def create_key(request: web.Request) -> web.Response:
         # Another request took the account name between the check and the insert.
         raise InvalidRequest(f"name: an account named {own.name!r} was made meanwhile; try again") from None
     await cli_budgets.fund(s.store, record, money)
-    view = await _reloaded(s, record.id)
-    # The secret is in this answer only: the store keeps its hash.
-    return json_response({**view, "secret": secret}, status=201)
+    return await reloaded(s, record.id), secret
 
 
 routes.get("/keys/{id}")(show_handler("id", find_key, _view))
@@ -99,42 +100,32 @@ async def update_key(request: web.Request) -> web.Response:
     s = services(request)
     fields = await Fields.read(request, UPDATE_FIELDS)
     key = await find_key(s, request.match_info["id"])
-    limits = {n: fields.limit(n) for n in LIMIT_FIELDS if fields.sent(n)}
-    # Here null means something: every model.
-    models = fields.patterns("models")
-    money = budgets.budget_change(fields, key)
-    if not limits and not fields.sent("models") and not budgets.changes_budget(money):
-        raise InvalidRequest(f"nothing to change: give any of {', '.join(UPDATE_FIELDS)}")
-    if limits:
-        await s.store.update_key_limits(key.id, limits)
+    changes: dict[str, object] = {n: fields.limit(n) for n in LIMIT_FIELDS if fields.sent(n)}
     if fields.sent("models"):
-        await _set_models(s.store, key.id, models)
+        changes["models"] = fields.patterns("models")  # here null means something: every model
+    if fields.sent("log_bodies"):
+        changes["log_bodies"] = bool(fields.boolean("log_bodies"))
+    money = budgets.budget_change(fields, key)
+    if not changes and not budgets.changes_budget(money):
+        raise InvalidRequest(f"nothing to change: give any of {', '.join(UPDATE_FIELDS)}")
+    if changes:
+        await s.store.update_key(key.id, changes)
     await budgets.change_budget(s, key, money)
-    return json_response(await _reloaded(s, key.id))
-
-
-async def _set_models(store: SQLStore, key_id: str, models: tuple[str, ...] | None) -> None:
-    """Set the patterns of the models a key may use (None: every model). The store has no method for it (the CLI
-    cannot change them), so this is that write, with the store's mapping of a lost database to a 529; the new
-    ``updated_at`` is what has every replica's key cache reload the key."""
-    try:
-        async with store.engine.begin() as conn:
-            await conn.execute(update(schema.keys).where(schema.keys.c.id == key_id)
-                               .values(models=None if models is None else list(models), updated_at=datetime.now(UTC)))
-    except Exception as error:
-        if unreachable(error) and not isinstance(error, StoreUnavailable):
-            raise StoreUnavailable(error) from error
-        raise
+    return json_response(await reloaded(s, key.id))
 
 
 @routes.post("/keys/{id}/revoke")
 async def revoke_key(request: web.Request) -> web.Response:
     s = services(request)
     await Fields.read(request, ())
-    key = await find_key(s, request.match_info["id"])
+    return json_response(await revoke(s, request.match_info["id"]))
+
+
+async def revoke(s: Services, key_id: str) -> View:
+    key = await find_key(s, key_id)
     if not await s.store.revoke_key(key.id):
         raise InvalidRequest(f"the key {key.id} is revoked already")
-    return json_response(await _reloaded(s, key.id))
+    return await reloaded(s, key.id)
 
 
-routes.post("/keys/{id}/topup")(budgets.topup_handler("id", find_key, _reloaded))
+routes.post("/keys/{id}/topup")(budgets.topup_handler("id", find_key, reloaded))

@@ -74,8 +74,9 @@ _KEY = _object({
     "state": {"enum": ["active", "revoked"]}, "created_at": TIME, "revoked_at": _null(TIME),
     "limits": _limits(),
     "account": _null(_object({"id": STRING, "name": _null(STRING)})),
-    "budget": _ref("Budget"), "balance": _ref("Balance"),
+    "budget": _ref("Budget"), "balance": _ref("Balance"), "log_bodies": {"type": "boolean"},
 })
+_LOG_BODIES: Schema = {"type": "boolean", "description": "The request log carries this key's requests and answers"}
 _USAGE_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cache_write_5m_tokens",
                  "cache_write_1h_tokens", "cache_read_tokens")
 _TOTALS = _object({**{n: {"type": "integer", "minimum": 0} for n in _USAGE_COUNTS}, "cost_usd": _null(USD_OUT)})
@@ -117,11 +118,12 @@ SCHEMAS: dict[str, Schema] = {
     "Upstream": _object({
         "upstream": STRING, "state": {"enum": ["ok", "resting"]}, "resting_s": {"type": "number", "minimum": 0},
         "failures": INTEGER, "last_error": _null(STRING), "successes": INTEGER, "errors": INTEGER,
+        "rests": {**INTEGER, "description": "Rests (cooldowns) this process gave it since it started"},
         "in_flight": INTEGER,
         "keys": {"type": "array", "items": _object({
             "key": {"type": "integer", "minimum": 0, "description": "The key's place in the upstream's api_keys"},
             "resting_s": {"type": "number", "minimum": 0}, "failures": INTEGER, "rate_limited": {"type": "boolean"},
-            "last_error": _null(STRING), "successes": INTEGER, "errors": INTEGER})},
+            "last_error": _null(STRING), "successes": INTEGER, "errors": INTEGER, "rests": INTEGER})},
     }),
     "Config": {**_object({"source": STRING, "server": _TABLE, "storage": _TABLE, "upstreams": _TABLES,
                           "models": _TABLES, "key_limits": _TABLES, "admin": _TABLE, "limits": _TABLE}, closed=False),
@@ -222,14 +224,15 @@ PATHS: dict[str, Schema] = {
                     body=_body({"name": NAME, "models": MODELS_IN,
                                 "account": _null({**NAME, "description": "An account's name or id; default: a "
                                                                          "new account named after the key"}),
-                                **_LIMITS_IN, **_NEW_MONEY}, ("name",)), tag="Key"),
+                                **_LIMITS_IN, **_NEW_MONEY, "log_bodies": _LOG_BODIES}, ("name",)), tag="Key"),
     },
     "/admin/keys/{id}": {
         "get": _op("getKey", "One key", {"200": _answer("The key", _ref("Key")), **_errors("NotFound", "Overloaded")},
                    parameters=[_KEY_ID], tag="Key"),
         "patch": _op("updateKey", "Change a key's models, rate limits or money limits; fields not sent stay",
                      {"200": _answer("The key as changed", _ref("Key")), **_errors("NotFound", *_WRITE)},
-                     parameters=[_KEY_ID], body=_body({"models": MODELS_IN, **_LIMITS_IN, **_CHANGE_MONEY}),
+                     parameters=[_KEY_ID], body=_body({"models": MODELS_IN, **_LIMITS_IN, **_CHANGE_MONEY,
+                                                       "log_bodies": _LOG_BODIES}),
                      tag="Key"),
     },
     "/admin/keys/{id}/revoke": {

@@ -101,7 +101,7 @@ def key_view(key: KeyRecord, balances: Balances, account_name: str | None) -> Vi
         "created_at": timestamp(key.created_at), "revoked_at": timestamp(key.revoked_at),
         "limits": {name: getattr(key, name) for name in LIMIT_FIELDS},
         "account": None if key.account_id is None else {"id": key.account_id, "name": account_name},
-        "budget": budget_view(key.budget), "balance": balances.view(key.id),
+        "budget": budget_view(key.budget), "balance": balances.view(key.id), "log_bodies": key.log_bodies,
     }
 
 
