@@ -17,6 +17,7 @@ from tollway.accounting.ledger import UsageLedger
 from tollway.accounting.wallet import SeedSource
 from tollway.api.admin import mount_admin
 from tollway.api.context import SERVICES, Services
+from tollway.api.dashboard import dashboard_app
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
 from tollway.api.metrics import metrics_handler
@@ -64,7 +65,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler())
-    mount_admin(app, config)
+    mount_admin(app, config, beside={"/dashboard": dashboard_app})
     app.cleanup_ctx.append(_lifespan(config))
     return app
 
