@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -115,10 +116,11 @@ async def seed(url: str) -> str:
     weights = [8, 5, 3, 6, 2, 1]
     rows = []
     start = now - timedelta(days=30)
-    for i in range(4200):
-        # More traffic in working hours and on later days: a gateway being adopted.
-        at = start + timedelta(seconds=rng.random() * 30 * 86400)
-        if rng.random() > (0.35 + 0.65 * (at - start).days / 30) * (1.0 if 7 <= at.hour <= 19 else 0.4):
+    for i in range(4300):
+        # More traffic in working hours and on later days: a gateway being adopted; the last 100 in the last hour.
+        at = start + timedelta(seconds=rng.random() * 30 * 86400) if i < 4200 else now - timedelta(
+            seconds=rng.random() * 3500)
+        if i < 4200 and rng.random() > (0.35 + 0.65 * (at - start).days / 30) * (1.0 if 7 <= at.hour <= 19 else 0.4):
             continue
         key = rng.choices(keys, weights)[0]
         model = rng.choices(list(MODELS), [m[0] for m in MODELS.values()])[0]
@@ -179,18 +181,21 @@ def main() -> int:
                 except httpx.TransportError:
                     time.sleep(0.05)
             client = anthropic.Anthropic(base_url=url, api_key=secret, max_retries=0)
-            for model in ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-6", "claude-opus-4-6",
-                          "claude-opus-4-6", "claude-opus-4-6", "deepseek-chat"):
-                client.messages.create(model=model, max_tokens=64,
-                                       messages=[{"role": "user", "content": "Summarise the release notes."}])
-            shoot(url)
+
+            def ask(*models: str) -> None:
+                for model in models:
+                    client.messages.create(model=model, max_tokens=64,
+                                           messages=[{"role": "user", "content": "Summarise the release notes."}])
+
+            ask("claude-sonnet-4-6", "claude-haiku-4-5", "deepseek-chat")
+            shoot(url, ask)
         finally:
             proc.terminate()
             proc.wait(30)
     return 0
 
 
-def shoot(url: str) -> None:
+def shoot(url: str, ask: Callable[..., None]) -> None:
     with browser((1360, 860)) as context:
         page = context.new_page()
         page.goto(url + "/dashboard/")
@@ -209,10 +214,14 @@ def shoot(url: str) -> None:
         page.click("#create-key button[type=submit]")
         page.wait_for_selector("#secret")
         page.screenshot(path=OUT / "key-created.png", full_page=True)
+        # Opus goes to anthropic-eu first, which is down: it fails over, and after three failures in a row rests.
+        for _ in range(12):
+            ask("claude-opus-4-6")
+            time.sleep(0.25)
         page.goto(url + "/dashboard/upstreams")
         page.screenshot(path=OUT / "upstreams.png", full_page=True)
         page.goto(url + "/dashboard/requests")
-        page.set_viewport_size({"width": 1360, "height": 1100})
+        page.set_viewport_size({"width": 1440, "height": 1100})
         page.screenshot(path=OUT / "requests.png")
 
 

@@ -89,8 +89,11 @@ def test_the_right_token_gives_a_session_cookie_that_opens_every_page(op: Operat
         assert r.headers["cache-control"] == "no-store"
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert "<script" not in r.text
-    # The login page sends a logged-in browser on.
+    # The login page, and the bare prefix, send a logged-in browser on.
     assert op.get("/dashboard/login").headers["location"] == "/dashboard/"
+    assert op.get("/dashboard").headers["location"] == "/dashboard/"
+    r = op.request("DELETE", "/dashboard/keys")
+    assert r.status_code == 405 and r.headers["content-type"].startswith("text/html")
 
 
 def test_logout_ends_the_session(gw: Gateway) -> None:

@@ -119,8 +119,7 @@ def door() -> Middleware:
         except TollwayError as error:
             return _error(request, error)
         except web.HTTPException as error:
-            if error.status < 400:
-                raise
+            # Routing's own errors (an unknown path, a wrong method): a page, not the API's JSON.
             return _error(request, from_http_exception(error))
 
     return check

@@ -10,7 +10,7 @@ from tollway.api.admin.inputs import query
 from tollway.api.admin.views import services
 from tollway.api.dashboard.charts import Series, bar_chart
 from tollway.api.dashboard.login import SESSION
-from tollway.api.dashboard.render import TEMPLATES, compact, number, page, usd
+from tollway.api.dashboard.render import BASE, TEMPLATES, compact, number, page, redirect, usd
 from tollway.errors import InvalidRequest
 from tollway.store.reports import Reports, RequestFilter, Step
 
@@ -29,7 +29,7 @@ async def stylesheet(request: web.Request) -> web.Response:
 
 @routes.get("")
 async def bare(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/dashboard/")
+    return redirect(f"{BASE}/")
 
 
 @routes.get("/")
