@@ -10,11 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from tollway.api.admin.auth import FailedAttempts
-from tollway.api.dashboard import keys, login, pages
-from tollway.api.dashboard.session import Sessions
 
 
 def dashboard_app(token_sha256: bytes, attempts: FailedAttempts) -> web.Application:
+    # Imported here: a gateway without the admin API (so without the dashboard) does not load the pages at start.
+    from tollway.api.dashboard import keys, login, pages
+    from tollway.api.dashboard.session import Sessions
+
     app = web.Application(middlewares=[login.door()])
     app[login.SESSIONS] = Sessions(token_sha256)
     app[login.ATTEMPTS] = attempts
