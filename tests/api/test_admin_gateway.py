@@ -205,7 +205,7 @@ def test_every_config_field_has_been_looked_at_for_secrets() -> None:
     it is a secret (named in SECRET_FIELDS or marked repr=False) and listed it here."""
     assert config_fields(Config) == {
         "Config.server", "Config.storage", "Config.upstreams", "Config.models", "Config.key_limits", "Config.admin",
-        "Config.limits", "Config.source",
+        "Config.limits", "Config.log", "Config.source", "LogConfig.requests",
         "ServerConfig.host", "ServerConfig.port", "ServerConfig.shutdown_timeout", "ServerConfig.max_body_bytes",
         "ServerConfig.workers",
         "StorageConfig.url", "StorageConfig.flush_interval", "StorageConfig.key_refresh_interval",
