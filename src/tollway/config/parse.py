@@ -1,4 +1,4 @@
-"""Configuration: read once from TOML (or built-in defaults) into frozen objects that are passed down.
+"""Reading the configuration: from TOML (or the built-in defaults) into the objects of `tollway.config.model`.
 
 Lookup order: ``--config PATH``, then ``$TOLLWAY_CONFIG``, then ``./tollway.toml``, then the embedded
 defaults. ``${VAR}`` inside any string value is replaced from the environment; a missing variable is an
@@ -8,207 +8,36 @@ error that names the file and the key, so a typo never turns into an empty upstr
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tollway.config.model import (
+    ADMIN_TOKEN_MIN_LENGTH,
+    DEFAULT_ANTHROPIC_URL,
+    LIMIT_FIELDS,
+    UPSTREAM_KINDS,
+    AdminConfig,
+    Config,
+    KeyLimitConfig,
+    LimitsConfig,
+    LogConfig,
+    ModelConfig,
+    RateLimits,
+    RetryConfig,
+    ServerConfig,
+    StorageConfig,
+    TargetConfig,
+    UpstreamConfig,
+    storage_url_problem,
+)
+from tollway.config.reader import Reader
 from tollway.errors import ConfigError
 from tollway.protocol.catalog import SEED_MODELS, Prices
 from tollway.upstream_options import FAMILIES, OpenAIOptions, guess_family, options_for
-
-UPSTREAM_KINDS = ("anthropic", "openai", "mock")
-STORAGE_URL_PREFIXES = ("sqlite:///", "postgresql://", "postgres://")
-
-
-def storage_url_problem(url: str) -> str | None:
-    """What is wrong with a ``storage.url``, or None."""
-    if url.startswith(STORAGE_URL_PREFIXES):
-        return None
-    # Only the scheme is shown: the rest of a database URL may hold a password.
-    scheme = url.split("://", 1)[0] + "://" if "://" in url else url[:12]
-    return f"must start with {', '.join(STORAGE_URL_PREFIXES)} (got {scheme!r})"
-DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    shutdown_timeout: float = 60.0
-    """Seconds a SIGTERM waits for open streams to finish before closing them."""
-    max_body_bytes: int = 32 * 1024 * 1024
-    """Anthropic's own limit for /v1/messages; larger bodies get 413 request_too_large."""
-    workers: int = 1
-    """Processes serving the port; more than one needs ``[limits] url`` (Redis), where they share limits and
-    balances."""
-
-
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
-    url: str = "sqlite:///./tollway.db"
-    flush_interval: float = 0.5
-    """Seconds between usage-row batch writes."""
-    key_refresh_interval: float = 2.0
-    """Seconds between reloads of changed keys; bounds how long a revoked key keeps working."""
-    pool_size: int = 10
-    """PostgreSQL connections kept open per process (SQLite ignores it)."""
-    max_overflow: int = 5
-    """PostgreSQL connections opened beyond ``pool_size`` at a peak, and closed after it."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    requests: str = "stderr"
-    """Where the one JSON line per request goes: ``stderr``, ``stdout``, a file path (appended to), or ``off``."""
-
-
-ADMIN_TOKEN_MIN_LENGTH = 16
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    url: str | None = field(default=None, repr=False)
-    """``redis://`` (or ``rediss://``, ``unix://``) for rate limits shared by every replica; None keeps them in
-    this process. Kept out of the repr: it may carry a password."""
-    prefix: str = "tollway:"
-    lease: float = 900.0
-    """Seconds a concurrency slot counts at most, so a replica killed mid-request frees its slots: longer than
-    the longest stream."""
-    timeout: float = 1.0
-    retry_delay: float = 5.0
-    """Seconds between tries of an unreachable Redis; limits are this replica's own meanwhile."""
-
-
-@dataclass(frozen=True, slots=True)
-class AdminConfig:
-    token: InitVar[str | None] = None
-    """What ``/admin`` requires (``Authorization: Bearer`` or ``x-admin-token``); None turns the admin API off.
-    Only its SHA-256 is kept, so neither a logged config nor a memory dump shows the token itself."""
-    token_sha256: bytes | None = field(default=None, repr=False)
-    host: str = "127.0.0.1"
-    """Where the admin API listens when it has a port of its own."""
-    port: int | None = None
-    """A port for the admin API alone (0: any free one); None serves it under ``/admin`` on the client port."""
-
-    def __post_init__(self, token: str | None) -> None:
-        if token is not None:
-            object.__setattr__(self, "token_sha256", admin_token_digest(token))
-
-    @property
-    def enabled(self) -> bool:
-        return self.token_sha256 is not None
-
-
-def admin_token_digest(token: str) -> bytes:
-    """What an admin token is stored and compared as: digests of one length, whatever was sent."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamConfig:
-    name: str
-    kind: str
-    base_url: str = ""
-    api_keys: tuple[str, ...] = ()
-    timeout_connect: float = 10.0
-    timeout_first_byte: float = 600.0
-    timeout_idle: float = 300.0
-    max_concurrency: int | None = None
-    """Requests in flight to this upstream at most; past it, other targets are tried."""
-    openai: OpenAIOptions | None = None
-    """For ``kind = "openai"``: the switches for that server family."""
-
-
-@dataclass(frozen=True, slots=True)
-class TargetConfig:
-    upstream: str
-    model: str | None = None
-    """The name the upstream knows the model by; None keeps the client's name."""
-    weight: float = 1.0
-    """Share of traffic among the targets of the same priority."""
-    priority: int = 1
-    """Lower goes first; a priority is used only when every target of the ones before has no capacity left."""
-    prices: Prices | None = None
-    """What this target costs, when it is not the model's price (another upstream's rates)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
-    attempts: int | None = None
-    """Tries in all; None means each healthy target once."""
-    backoff: float = 0.5
-    """Seconds before a second round over the same targets, doubled each round."""
-
-
-LIMIT_FIELDS = ("rpm", "itpm", "otpm", "max_concurrency")
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    """Requests, input and output tokens per minute, requests in flight; None leaves one unset."""
-
-    rpm: int | None = None
-    itpm: int | None = None
-    otpm: int | None = None
-    max_concurrency: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyLimitConfig:
-    """One ``[[key_limits]]`` rule: a key's own limits on the models its pattern matches."""
-
-    key: str
-    """The key's id or its name."""
-    model: str
-    """A glob of model names, as clients send them."""
-    limits: RateLimits
-
-
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
-    name: str
-    targets: tuple[TargetConfig, ...]
-    display_name: str | None = None
-    created_at: str | None = None
-    max_tokens: int | None = None
-    """Largest max_tokens accepted; defaults to the catalog's cap for known models."""
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    prices: Prices | None = None
-    """Overrides the list price of a known model; None keeps it (and unknown models cost nothing)."""
-    limits: RateLimits | None = None
-    """Every key's own limits on this model, on top of the key's limits across all models."""
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    upstreams: tuple[UpstreamConfig, ...] = ()
-    models: tuple[ModelConfig, ...] = ()
-    key_limits: tuple[KeyLimitConfig, ...] = ()
-    """Per key and model overrides of the models' limits, in file order."""
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    source: str = "<built-in defaults>"
-    """Where this config came from, for messages and the startup banner."""
-
-    def upstream(self, name: str) -> UpstreamConfig:
-        for u in self.upstreams:
-            if u.name == name:
-                return u
-        raise KeyError(name)
-
-    @property
-    def uses_mock(self) -> bool:
-        return any(u.kind == "mock" for u in self.upstreams)
 
 
 def default_config(environ: Mapping[str, str]) -> Config:
@@ -246,77 +75,8 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     return parse_config(raw, str(path), env)
 
 
-class _Reader:
-    """Typed access to one TOML table, with errors that name the file and the dotted key."""
-
-    def __init__(self, source: str, env: Mapping[str, str], data: Mapping[str, Any], where: str) -> None:
-        self.source, self.env, self.data, self.where = source, env, data, where
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self._path(key)}: {problem}")
-
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def check_keys(self, allowed: set[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                raise self.fail(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def string(self, key: str, default: str | None = None) -> str:
-        value = self.data.get(key, default)
-        if value is None:
-            raise self.fail(key, "is required")
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, not {type(value).__name__}")
-        return self.expand(value, key)
-
-    def optional_string(self, key: str) -> str | None:
-        return self.string(key) if key in self.data else None
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number, not {type(value).__name__}")
-        if value < minimum:
-            raise self.fail(key, f"must be at least {minimum}")
-        return float(value)
-
-    def integer(self, key: str, default: int | None, *, minimum: int, maximum: int | None = None) -> int:
-        value = self.data.get(key, default)
-        if value is None:
-            raise self.fail(key, "is required")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, not {type(value).__name__}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise self.fail(key, f"must be {bound} (got {value})")
-        return value
-
-    def table(self, key: str) -> _Reader:
-        value = self.data.get(key, {})
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table")
-        return _Reader(self.source, self.env, value, self._path(key))
-
-    def tables(self, key: str) -> list[_Reader]:
-        value = self.data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self.fail(key, "must be an array of tables")
-        return [_Reader(self.source, self.env, v, f"{self._path(key)}[{i}]") for i, v in enumerate(value)]
-
-    def expand(self, value: str, key: str) -> str:
-        def sub(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in self.env:
-                raise self.fail(key, f"environment variable {name} is not set")
-            return self.env[name]
-
-        return _ENV_REF.sub(sub, value)
-
-
 def parse_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
-    root = _Reader(source, environ, raw, "")
+    root = Reader(source, environ, raw, "")
     root.check_keys({"server", "storage", "upstreams", "models", "key_limits", "admin", "limits", "log"})
 
     s = root.table("server")
@@ -375,7 +135,7 @@ def workers_need_redis(source: str, workers: int) -> str:
             f"limits and balances; without it each would keep its own")
 
 
-def _parse_limits_backend(r: _Reader) -> LimitsConfig:
+def _parse_limits_backend(r: Reader) -> LimitsConfig:
     r.check_keys({"url", "prefix", "lease", "timeout", "retry_delay"})
     url = r.optional_string("url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
@@ -385,7 +145,7 @@ def _parse_limits_backend(r: _Reader) -> LimitsConfig:
                         retry_delay=r.number("retry_delay", 5.0, minimum=0.1))
 
 
-def _parse_admin(a: _Reader, server: ServerConfig) -> AdminConfig:
+def _parse_admin(a: Reader, server: ServerConfig) -> AdminConfig:
     a.check_keys({"token", "host", "port"})
     token = a.optional_string("token")
     if token is None:
@@ -423,7 +183,7 @@ _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def _parse_upstream(u: _Reader) -> UpstreamConfig:
+def _parse_upstream(u: Reader) -> UpstreamConfig:
     u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "max_concurrency", "family", *_OPENAI_SWITCHES})
     kind = u.string("kind")
     if kind not in UPSTREAM_KINDS:
@@ -457,7 +217,7 @@ def _parse_upstream(u: _Reader) -> UpstreamConfig:
     )
 
 
-def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
+def _parse_openai_options(u: Reader, base_url: str) -> OpenAIOptions:
     family = u.string("family", guess_family(base_url))
     if family not in FAMILIES:
         raise u.fail("family", f"must be one of {', '.join(FAMILIES)} (got {family!r})")
@@ -479,7 +239,7 @@ def _parse_openai_options(u: _Reader, base_url: str) -> OpenAIOptions:
     return options_for(family, overrides)
 
 
-def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
+def _parse_model(m: Reader, upstream_names: set[str]) -> ModelConfig:
     m.check_keys({"name", "targets", "display_name", "created_at", "max_tokens", "retry", "prices", "limits"})
     name = m.string("name")
     targets = []
@@ -506,7 +266,7 @@ def _parse_model(m: _Reader, upstream_names: set[str]) -> ModelConfig:
                        prices=_parse_prices(m), limits=_parse_model_limits(m))
 
 
-def _parse_model_limits(m: _Reader) -> RateLimits | None:
+def _parse_model_limits(m: Reader) -> RateLimits | None:
     """``limits = { rpm = 10, otpm = 20000 }``: what every key may use of this model on its own."""
     if "limits" not in m.data:
         return None
@@ -515,7 +275,7 @@ def _parse_model_limits(m: _Reader) -> RateLimits | None:
     return _parse_limits(r)
 
 
-def _parse_limits(r: _Reader) -> RateLimits:
+def _parse_limits(r: Reader) -> RateLimits:
     """The limit fields of ``r``: each a positive integer (absent: not set), one at least."""
     if not any(name in r.data for name in LIMIT_FIELDS):
         # An empty override would be a rule that changes nothing, most likely a misspelt one.
@@ -524,7 +284,7 @@ def _parse_limits(r: _Reader) -> RateLimits:
     return RateLimits(**values)
 
 
-def _parse_key_limits(rules: list[_Reader], model_names: tuple[str, ...]) -> tuple[KeyLimitConfig, ...]:
+def _parse_key_limits(rules: list[Reader], model_names: tuple[str, ...]) -> tuple[KeyLimitConfig, ...]:
     parsed: list[KeyLimitConfig] = []
     for r in rules:
         r.check_keys({"key", "model", *LIMIT_FIELDS})
@@ -542,7 +302,7 @@ def _parse_key_limits(rules: list[_Reader], model_names: tuple[str, ...]) -> tup
     return tuple(parsed)
 
 
-def _parse_prices(r: _Reader) -> Prices | None:
+def _parse_prices(r: Reader) -> Prices | None:
     """``prices = { input = 3, output = 15 }`` in dollars per million tokens; cache prices default to
     Anthropic's multipliers of the input price."""
     if "prices" not in r.data:
