@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anthropic
@@ -17,6 +18,7 @@ from tests.api.test_admin import TOKEN, admin_gateway
 from tests.api.test_admin_listener import TwoSites
 from tests.conftest import Gateway, Upstream
 from tollway.api.admin.auth import BURST
+from tollway.store import UsageRecord
 
 MODEL = "claude-sonnet-4-6"
 PAGES = ("/dashboard/", "/dashboard/?range=30d", "/dashboard/keys", "/dashboard/upstreams", "/dashboard/requests")
@@ -266,3 +268,18 @@ def test_with_an_admin_port_the_dashboard_is_there_only(upstream: Upstream, tmp_
         assert field(op.get("/dashboard/keys"), "csrf")
     finally:
         sites.close()
+
+
+def test_requests_come_a_hundred_a_page_with_a_link_to_older_ones(gw: Gateway, op: Operator) -> None:
+    now = datetime.now(UTC)
+    rows = [UsageRecord(request_id=f"req_paging{i:04d}", created_at=now - timedelta(seconds=i), key_id=None,
+                        endpoint="messages", model="paging-model", upstream="fake", upstream_model=None, stream=False,
+                        status=200, error_type=None) for i in range(150)]
+    gw.server.thread.run(gw.services.store.insert_usage(rows[::-1]))
+    first = op.get("/dashboard/requests", params={"model": "paging-model"})
+    assert first.text.count("data-request-id=") == 100 and "req_paging0000" in first.text
+    link = re.search(r'href="(/dashboard/requests\?[^"]+)">Older requests', first.text)
+    assert link is not None and "model=paging-model" in link.group(1)
+    older = op.get(link.group(1).replace("&amp;", "&"))
+    assert older.text.count("data-request-id=") == 50 and "req_paging0149" in older.text
+    assert "req_paging0099" not in older.text and "Older requests" not in older.text
