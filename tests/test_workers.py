@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Upstream
 from tests.test_server import TOLLWAY, clean_env, free_port, wait_healthy
@@ -74,6 +75,17 @@ def test_workers_share_the_port_and_one_key_s_limits_then_drain_on_sigterm(
         for _ in range(6):
             assert fresh("POST", f"{url}/v1/messages", json=BODY, headers={"x-api-key": paid}).status_code == 200
 
+        # Whichever worker a scrape reaches, /metrics holds both workers' figures, each labelled with its worker
+        # (the other's as it wrote them, up to a second ago).
+        deadline = time.monotonic() + 20
+        while sum((counts := requests_by_worker(fresh("GET", f"{url}/metrics").text)).values()) != 18:
+            assert time.monotonic() < deadline, f"/metrics never showed the 18 requests: {counts}"
+            time.sleep(0.2)
+        time.sleep(1.5)
+        for _ in range(10):  # fresh connections: the kernel spreads them over both workers
+            counts = requests_by_worker(fresh("GET", f"{url}/metrics").text)
+            assert set(counts) == {"0", "1"} and sum(counts.values()) == 18, counts
+
         time.sleep(0.5)  # past a flush: a SIGKILL loses only rows younger than flush_interval
         victim = next(iter(workers))  # a worker that dies is started again
         subprocess.run(["kill", "-9", str(victim)], check=True)
@@ -96,6 +108,16 @@ def test_workers_share_the_port_and_one_key_s_limits_then_drain_on_sigterm(
         ledger = conn.execute("SELECT sum(amount_nanousd) FROM ledger").fetchone()[0]
     assert sorted(r[0] for r in rows) == [200] * 12 + [429] * 6  # every request's row, each once
     assert 0 < ledger < 1_000_000_000  # the prepaid key paid for its six, from one balance
+
+
+def requests_by_worker(text: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tollway_requests_total":
+                worker = sample.labels["worker"]
+                counts[worker] = counts.get(worker, 0) + sample.value
+    return counts
 
 
 def test_several_workers_without_redis_are_refused_at_start(tmp_path: Path, upstream: Upstream) -> None:

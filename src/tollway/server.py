@@ -9,15 +9,19 @@ import dataclasses
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 from tollway.accounting.keys import new_account, new_key
 from tollway.api.app import create_app
+from tollway.api.worker_metrics import WorkerSlot
 from tollway.config import Config
 from tollway.errors import ConfigError
 from tollway.store import open_store
@@ -100,10 +104,13 @@ def serve(config: Config, host: str | None = None, port: int | None = None, work
     held.bind((server.host, server.port))
     config = dataclasses.replace(config, server=dataclasses.replace(server, port=held.getsockname()[1]))
     print(banner(config, secret) + f"\n  workers:  {server.workers} processes on one port", flush=True)
+    # Where the workers leave their /metrics figures for each other (see tollway.api.worker_metrics).
+    metrics_dir = Path(tempfile.mkdtemp(prefix="tollway-metrics-"))
     try:
-        return Workers(config, held, admin_sock).run()
+        return Workers(config, held, admin_sock, metrics_dir).run()
     finally:
         held.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _admin_socket(config: Config) -> socket.socket | None:
@@ -126,11 +133,12 @@ def _admin_socket(config: Config) -> socket.socket | None:
     return sock
 
 
-def _run(config: Config, reuse_port: bool = False, admin_sock: socket.socket | None = None) -> None:
+def _run(config: Config, reuse_port: bool = False, admin_sock: socket.socket | None = None,
+         worker: WorkerSlot | None = None) -> None:
     server = config.server
     # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call. The
     # admin socket, when there is one, is a second site of the same app, on the same loop.
-    web.run_app(create_app(config), host=server.host, port=server.port, sock=admin_sock,
+    web.run_app(create_app(config, worker), host=server.host, port=server.port, sock=admin_sock,
                 shutdown_timeout=server.shutdown_timeout, handler_cancellation=True, access_log=None, print=None,
                 reuse_port=reuse_port)
 
@@ -143,10 +151,12 @@ class Workers:
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, config: Config, held: socket.socket, admin_sock: socket.socket | None = None) -> None:
+    def __init__(self, config: Config, held: socket.socket, admin_sock: socket.socket | None,
+                 metrics_dir: Path) -> None:
         self._config = config
         self._held = held
         self._admin_sock = admin_sock
+        self._metrics_dir = metrics_dir
         self._pids: dict[int, int] = {}
         self._stopping = False
 
@@ -158,7 +168,8 @@ class Workers:
                 self._held.close()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                _run(self._config, reuse_port=True, admin_sock=self._admin_sock)
+                _run(self._config, reuse_port=True, admin_sock=self._admin_sock,
+                     worker=WorkerSlot(index, self._metrics_dir))
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

@@ -20,8 +20,9 @@ from tollway.api.context import SERVICES, Services
 from tollway.api.dashboard import dashboard_app
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
 from tollway.api.messages import handle_count_tokens, handle_messages
-from tollway.api.metrics import metrics_handler
+from tollway.api.metrics import collect, metrics_handler
 from tollway.api.models import get_model, list_models
+from tollway.api.worker_metrics import WorkerSlot, publisher
 from tollway.config import Config
 from tollway.limits import Limiter, LimitRules, MemoryLimiter
 from tollway.routing.health import HealthBoard
@@ -55,7 +56,8 @@ def _balances(services: Services) -> dict[str, object]:
     return {"backend": "redis", "outages": shared.outages, "unsettled": shared.unsettled}
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, worker: WorkerSlot | None = None) -> web.Application:
+    """The gateway; ``worker`` when it is one of ``serve --workers``' processes."""
     # aiohttp enforces the body limit while reading, so an oversized body is refused without being held.
     app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
     app[REQUEST_IDS] = RequestIds()
@@ -64,9 +66,11 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler())
+    app.router.add_get("/metrics", metrics_handler(worker))
     mount_admin(app, config, beside={"/dashboard": dashboard_app})
     app.cleanup_ctx.append(_lifespan(config))
+    if worker is not None:  # after the services exist; stopped before they are
+        app.cleanup_ctx.append(publisher(worker, lambda: list(collect(app[SERVICES]))))
     return app
 
 

@@ -4,7 +4,8 @@ Everything here is read at scrape time, through a collector of the official clie
 gateway keeps anyway (the ledger's queue, the shared stores' state, the upstreams' health board) and from the
 request totals of `tollway.telemetry.RequestStats`, which a request adds to in plain dictionaries as it ends.
 Scraping costs the requests nothing, and the client library's own per-increment locks stay off their path.
-Every figure is this process's own since it started: with several workers or replicas, sum over them.
+Every figure is this process's own since it started; with ``--workers`` the answer holds every worker's, each
+labelled with its ``worker`` (see `tollway.api.worker_metrics`). With replicas, scrape each and sum.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tollway.api.context import SERVICES, Services
+from tollway.api.worker_metrics import WorkerSlot, merged, peers
 from tollway.telemetry import RequestStats
 
 if TYPE_CHECKING:
@@ -117,9 +119,14 @@ def _requests(stats: RequestStats) -> Iterator[Metric]:
     yield failovers
 
 
-def metrics_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
+def metrics_handler(worker: WorkerSlot | None = None) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The handler, with its registry made at the first scrape (the services exist only once started)."""
     registries: list[CollectorRegistry] = []
+
+    def families(services: Services) -> Iterator[Metric]:
+        if worker is None:
+            return collect(services)
+        return iter(merged({worker.index: list(collect(services)), **peers(worker)}))
 
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -130,7 +137,7 @@ def metrics_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
 
             class State(Collector):
                 def collect(self) -> Iterator[Metric]:
-                    return collect(services)
+                    return families(services)
 
             registry = CollectorRegistry(auto_describe=False)
             registry.register(State())
