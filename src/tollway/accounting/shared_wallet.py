@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from tollway.accounting.wallet import Hold, Purse, Refusal, SeedSource, next_period, period_of
 from tollway.errors import Overloaded
+from tollway.limits.batch import Batcher
 from tollway.store import UNLIMITED, Budget, LedgerEntry
 
 log = logging.getLogger("tollway.wallet")
@@ -201,12 +202,13 @@ class SharedWallet:
         self._clock = clock
         self._owns_client = owns_client
         self._budgets: dict[str, Budget] = {}
-        self._reserve = client.register_script(_RESERVE)
-        self._settle = client.register_script(_SETTLE)
-        self._seed = client.register_script(_SEED)
-        self._credit = client.register_script(_CREDIT)
-        self._take_back = client.register_script(_TAKE_BACK)
-        self._set_spent = client.register_script(_SET_SPENT)
+        batcher = Batcher(client)
+        self._reserve = batcher.script(_RESERVE)
+        self._settle = batcher.script(_SETTLE)
+        self._seed = batcher.script(_SEED)
+        self._credit = batcher.script(_CREDIT)
+        self._take_back = batcher.script(_TAKE_BACK)
+        self._set_spent = batcher.script(_SET_SPENT)
         self._unsettled: list[Unsettled] = []
         self._seeding: dict[str, asyncio.Future[None]] = {}
         self._retrying: asyncio.Task[None] | None = None

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tollway.limits.base import Decision, Take
+from tollway.limits.batch import Batcher
 from tollway.limits.memory import _unspent
 
 DEFAULT_PREFIX = "tollway:"
@@ -195,11 +196,12 @@ class RedisLimiter:
         self.lease = lease
         self._clock = clock
         self._owns_client = owns_client
-        self._take = client.register_script(_TAKE)
-        self._refund = client.register_script(_REFUND)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._admit = client.register_script(_ADMIT)
-        self._finish = client.register_script(_FINISH)
+        batcher = Batcher(client)
+        self._take = batcher.script(_TAKE)
+        self._refund = batcher.script(_REFUND)
+        self._acquire = batcher.script(_ACQUIRE)
+        self._admit = batcher.script(_ADMIT)
+        self._finish = batcher.script(_FINISH)
         # Lease ids are unique across replicas; each replica releases only the leases it holds itself.
         self._lease_ids = (f"{uuid.uuid4().hex[:12]}:{n}" for n in itertools.count())
         self._held: dict[str, list[str]] = {}
