@@ -6,6 +6,8 @@ import hashlib
 import re
 import sqlite3
 
+import pytest
+
 from tests.cli.conftest import CLI, Ran
 
 
@@ -90,6 +92,26 @@ def test_a_key_without_account_gets_one_of_its_own(cli: CLI) -> None:
     lines = cli.main("keys", "list").stdout.splitlines()
     assert [line.split("\t")[7:] for line in lines] == [["ci", "no balance", "no cap"],
                                                         [f"ci-{second_id}", "no balance", "no cap"]]
+
+
+def test_a_long_name_still_fits_its_account_s_column(cli: CLI) -> None:
+    name = "n" * 200  # as long as a name may be
+    created(cli.main("keys", "create", "--name", name))
+    second = created(cli.main("keys", "create", "--name", name))
+    own = cli.sql(f"SELECT a.name FROM keys k JOIN accounts a ON a.id = k.account_id WHERE k.id = '{second}'")[0][0]
+    assert len(own) == 200 and own.endswith(f"-{second}") and own.startswith("nnn")
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("n" * 201, "must be at most 200 characters (got 201)"),
+    ("  ", "must not be empty"),
+    ("a\nb", "must not contain control characters"),
+])
+def test_names_that_cannot_be_listed_or_stored_are_refused(cli: CLI, name: str, problem: str) -> None:
+    for command in (("keys", "create", "--name", name), ("accounts", "create", name)):
+        ran = cli.main(*command, code=2)
+        assert problem in ran.stderr
+    assert not cli.db.exists()  # refused before the database was opened
 
 
 def test_a_key_joins_an_account_by_name_or_id(cli: CLI) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from tollway.accounting.refresher import Refresher
 from tollway.store import UNLIMITED, AccountRecord, Budget, KeyRecord, SQLStore
+from tollway.store.records import NAME_LENGTH
 
 PREFIX = "tw-"
 ACCOUNT_PREFIX = "acct_"
@@ -36,6 +37,15 @@ def new_key(name: str, models: tuple[str, ...] | None) -> tuple[KeyRecord, str]:
 
 def new_account(name: str, created_at: datetime, budget: Budget = UNLIMITED) -> AccountRecord:
     return AccountRecord(id=ACCOUNT_PREFIX + secrets.token_hex(8), name=name, created_at=created_at, budget=budget)
+
+
+def own_account_name(key: KeyRecord, taken: bool) -> str:
+    """The name of the account made for a key that names none: the key's own, or where an account has that
+    already, the key's cut short so that its id still fits after it."""
+    if not taken:
+        return key.name
+    suffix = f"-{key.id}"
+    return key.name[:NAME_LENGTH - len(suffix)] + suffix
 
 
 def may_use(key: KeyRecord, model: str) -> bool:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from tollway.accounting.keys import ACCOUNT_PREFIX, new_account
 from tollway.cli import budgets
-from tollway.cli.common import Refused, SubParsers, found
+from tollway.cli.common import Refused, SubParsers, found, parse_name
 from tollway.store import AccountRecord, SQLStore
 
 
@@ -16,7 +16,7 @@ def add_parser(sub: SubParsers, common: argparse.ArgumentParser) -> None:
     accounts = sub.add_parser("accounts", help="manage accounts: one bill for all their keys").add_subparsers(
         dest="accounts_command", required=True)
     create = accounts.add_parser("create", parents=[common], help="create an account")
-    create.add_argument("name")
+    create.add_argument("name", type=parse_name)
     budgets.add_flags(create, update=False)
     accounts.add_parser("list", parents=[common], help="one account a line: id, name, balance, cap, keys, created")
     update = accounts.add_parser("update", parents=[common], help="change an account's spending cap or balance")

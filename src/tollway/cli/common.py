@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import TypeAlias, TypeVar
 
 from tollway.money import NANO, parse_nanousd
+from tollway.store.records import NAME_LENGTH
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -48,6 +49,18 @@ def as_argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 parse_usd = as_argument(parse_nanousd)
+
+
+def parse_name(raw: str) -> str:
+    """A key's or account's name: one line (names are listed one a line), no longer than its column."""
+    name = raw.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("must not be empty")
+    if len(name) > NAME_LENGTH:
+        raise argparse.ArgumentTypeError(f"must be at most {NAME_LENGTH} characters (got {len(name)})")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise argparse.ArgumentTypeError("must not contain control characters (line breaks, tabs, NUL, ...)")
+    return name
 
 
 def parse_usd_not_negative(raw: str) -> int:

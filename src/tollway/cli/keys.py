@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from tollway.accounting.keys import new_account, new_key
+from tollway.accounting.keys import new_account, new_key, own_account_name
 from tollway.cli import budgets
 from tollway.cli.accounts import find as find_account
-from tollway.cli.common import Refused, SubParsers, found
+from tollway.cli.common import Refused, SubParsers, found, parse_name
 from tollway.store import AccountRecord, SQLStore
 
 LIMIT_FLAGS = (("rpm", "requests per minute"), ("itpm", "input tokens per minute"),
@@ -18,7 +18,7 @@ LIMIT_FLAGS = (("rpm", "requests per minute"), ("itpm", "input tokens per minute
 def add_parser(sub: SubParsers, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="manage client keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", parents=[common], help="create a key; its secret is printed once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, type=parse_name)
     create.add_argument("--models", nargs="+", metavar="PATTERN",
                         help="glob patterns of allowed models, e.g. 'claude-sonnet-*' (default: all)")
     create.add_argument("--account", metavar="NAME_OR_ID",
@@ -81,7 +81,7 @@ async def _create(args: argparse.Namespace, store: SQLStore) -> int:
         account = await find_account(store, args.account)
     else:
         # The same naming as migration 0005 gave the keys that were made before accounts.
-        name = record.name if await store.account(record.name) is None else f"{record.name}-{record.id}"
+        name = own_account_name(record, await store.account(record.name) is not None)
         account = own = new_account(name, record.created_at)
     lim = _limits(args)
     record = dataclasses.replace(record, rpm=lim.get("rpm"), itpm=lim.get("itpm"), otpm=lim.get("otpm"),

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 PERIODS = ("day", "month")
+NAME_LENGTH = 200
+"""The width of the name columns of keys and accounts (PostgreSQL refuses a longer value)."""
 
 
 @dataclass(frozen=True, slots=True)

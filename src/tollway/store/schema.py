@@ -19,13 +19,15 @@ from sqlalchemy import (
     false,
 )
 
+from tollway.store.records import NAME_LENGTH
+
 metadata = MetaData()
 
 keys = Table(
     "keys",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("name", String(200), nullable=False),
+    Column("name", String(NAME_LENGTH), nullable=False),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("hint", String(40), nullable=False),
     Column("models", JSON(none_as_null=True), nullable=True),
@@ -49,7 +51,7 @@ accounts = Table(
     "accounts",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("name", String(200), nullable=False, unique=True),
+    Column("name", String(NAME_LENGTH), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("prepaid", Boolean, nullable=False, server_default=false()),

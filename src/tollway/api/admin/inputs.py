@@ -14,10 +14,9 @@ from aiohttp import web
 
 from tollway.errors import InvalidRequest
 from tollway.money import parse_nanousd
+from tollway.store.records import NAME_LENGTH
 
 T = TypeVar("T")
-NAME_LENGTH = 200
-"""The names' columns are 200 characters wide."""
 NOTE_LENGTH = 1000
 MAX_LIMIT = 2**31 - 1
 """The limits' columns are 32-bit integers on PostgreSQL."""

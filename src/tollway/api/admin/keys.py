@@ -11,10 +11,10 @@ import dataclasses
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
-from tollway.accounting.keys import new_account, new_key
+from tollway.accounting.keys import new_account, new_key, own_account_name
 from tollway.api.admin import budgets
 from tollway.api.admin.accounts import find_account
-from tollway.api.admin.inputs import NAME_LENGTH, Fields
+from tollway.api.admin.inputs import Fields
 from tollway.api.admin.views import Balances, View, found, json_response, key_view, services, show_handler
 from tollway.api.context import Services
 from tollway.cli import budgets as cli_budgets
@@ -75,10 +75,7 @@ async def create(s: Services, fields: Fields) -> tuple[View, str]:
     if ref is not None:
         account = await find_account(s, ref)
     else:
-        # As the CLI names a key's own account: after the key, unless that name is taken; then the key's id is
-        # added, cutting the name short so that the two still fit the column (PostgreSQL refuses a longer one).
-        suffix = f"-{record.id}"
-        own_name = name if await s.store.account(name) is None else name[:NAME_LENGTH - len(suffix)] + suffix
+        own_name = own_account_name(record, await s.store.account(name) is not None)
         account = own = new_account(own_name, record.created_at)
     record = dataclasses.replace(record, account_id=account.id)
     try:

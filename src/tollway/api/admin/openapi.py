@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.api.admin.inputs import MAX_LIMIT, NAME_LENGTH, NOTE_LENGTH
-from tollway.store.records import LEDGER_KINDS, PERIODS
+from tollway.api.admin.inputs import MAX_LIMIT, NOTE_LENGTH
+from tollway.store.records import LEDGER_KINDS, NAME_LENGTH, PERIODS
 
 Schema = dict[str, Any]
 
