@@ -68,7 +68,9 @@ def banner(config: Config, secret: str | None) -> str:
                   "  Try it:",
                   f"    curl {url}/v1/messages -H 'x-api-key: {secret}' -H 'anthropic-version: 2023-06-01' "
                   f"-H 'content-type: application/json' -d {shlex.quote(body)}",
-                  "", f"  Claude Code: ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={secret} claude"]
+                  # Claude Code's own default model is newer than the ones served: name one that is.
+                  "", f"  Claude Code: ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={secret} "
+                      f"ANTHROPIC_MODEL={config.models[0].name} claude"]
     else:
         lines += ["", "  Keys exist already: `tollway keys list`, or make one with `tollway keys create --name NAME`."]
     return "\n".join(lines)

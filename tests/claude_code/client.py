@@ -145,11 +145,12 @@ def claude_command(
     claude: Path,
     prompt: str,
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = DEFAULT_MODEL,
     max_turns: int = 4,
     bare: bool = True,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
+    """The command line; ``model`` None leaves the model to the CLI (its default, or ``ANTHROPIC_MODEL``)."""
     cmd = [
         str(claude),
         "-p",
@@ -158,8 +159,7 @@ def claude_command(
         "json",
         "--permission-mode",
         "bypassPermissions",
-        "--model",
-        model,
+        *(() if model is None else ("--model", model)),
         # Bounds the agent loop if an upstream (or a gateway bug) keeps asking for tools.
         "--max-turns",
         str(max_turns),
@@ -199,7 +199,7 @@ def run_claude(
     prompt: str,
     cwd: str | os.PathLike[str],
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = DEFAULT_MODEL,
     max_turns: int = 4,
     bare: bool = True,
     time_limit: float = DEFAULT_TIMEOUT,
