@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from tollway.accounting.keys import new_account, new_key
@@ -63,14 +64,17 @@ def banner(config: Config, secret: str | None) -> str:
         lines += ["", "  MOCK UPSTREAM: no ANTHROPIC_API_KEY and no config file, so answers come from Tollway's",
                   "  built-in mock, not from a model. Set ANTHROPIC_API_KEY or write a tollway.toml for real ones."]
     if secret is not None:
-        body = '{"model":"claude-sonnet-4-6","max_tokens":256,"messages":[{"role":"user","content":"Hello"}]}'
+        served = [m.name for m in config.models]
+        model = "claude-sonnet-4-6" if "claude-sonnet-4-6" in served else served[0]  # a config may not route it
+        body = orjson.dumps({"model": model, "max_tokens": 256,
+                             "messages": [{"role": "user", "content": "Hello"}]}).decode()
         lines += ["", "  A first key was created (shown once, keep it):", f"    {secret}", "",
                   "  Try it:",
                   f"    curl {url}/v1/messages -H 'x-api-key: {secret}' -H 'anthropic-version: 2023-06-01' "
                   f"-H 'content-type: application/json' -d {shlex.quote(body)}",
                   # Claude Code's own default model is newer than the ones served: name one that is.
                   "", f"  Claude Code: ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={secret} "
-                      f"ANTHROPIC_MODEL={config.models[0].name} claude"]
+                      f"ANTHROPIC_MODEL={shlex.quote(model)} claude"]
     else:
         lines += ["", "  Keys exist already: `tollway keys list`, or make one with `tollway keys create --name NAME`."]
     return "\n".join(lines)
