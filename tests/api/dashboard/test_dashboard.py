@@ -283,3 +283,13 @@ def test_requests_come_a_hundred_a_page_with_a_link_to_older_ones(gw: Gateway, o
     older = op.get(link.group(1).replace("&amp;", "&"))
     assert older.text.count("data-request-id=") == 50 and "req_paging0149" in older.text
     assert "req_paging0099" not in older.text and "Older requests" not in older.text
+
+
+def test_the_login_page_warns_when_the_secure_cookie_cannot_stick(gw: Gateway) -> None:
+    anonymous = Operator(gw.url)
+    warning = "the browser will not keep it"
+    assert warning not in anonymous.get("/dashboard/login").text
+    assert warning not in anonymous.get("/dashboard/login", headers={"host": "localhost:8080"}).text
+    assert warning in anonymous.get("/dashboard/login", headers={"host": "10.1.2.3:8080"}).text
+    assert warning not in anonymous.get("/dashboard/login", headers={"host": "gw.example",
+                                                                     "x-forwarded-proto": "https"}).text
