@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import shlex
@@ -195,6 +196,7 @@ class Workers:
             signal.signal(sig, self._stop)
         for index in range(self._config.server.workers):
             self._spawn(index)
+        gc.enable()  # off for the start (tollway.__main__); each worker turns its own on when it has started
         last_restart = 0.0
         failed = False
         while self._pids:

@@ -145,13 +145,15 @@ def _lifespan(config: Config) -> Callable[[web.Application], AsyncIterator[None]
                                  limit_rules=LimitRules.from_config(config), funds=funds, bus=bus,
                                  stats=RequestStats(table.routes.__contains__), access_log=access_log)
         # What startup built (config, SQLAlchemy, alembic modules) lives as long as the process: moving it
-        # out of the collector's reach keeps each full collection on the request path short.
-        gc.collect()
+        # out of the collector's reach keeps each full collection on the request path short. No collection
+        # first: started by `tollway` (tollway.__main__), the collector has been off and finds about 3,000
+        # objects of garbage among 75,000 here, a full pass that cost a start 20-60 ms.
         gc.freeze()
         # A young-generation collection every 700 new objects comes every two or three requests; one every
         # 50,000 costs the same per object but runs far less often, and measured here took 5-10% off the
         # CPU of a request (more off one that is rate limited, which makes more small objects).
         gc.set_threshold(50_000, 20, 20)
+        gc.enable()
         try:
             yield
         finally:

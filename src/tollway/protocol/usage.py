@@ -16,6 +16,9 @@ from tollway.protocol.sse import ServerSentEvent, SSEDecoder, parse_block
 
 _SKIPPED = (b"event: content_block_", b"event: ping")
 _DELTA = b"event: content_block_delta"
+_USAGE_EVENTS = {b"event: message_start\ndata: ": "message_start", b"event: message_delta\ndata: ": "message_delta"}
+_USAGE_HEAD = len(b"event: message_start\ndata: ")
+assert all(len(head) == _USAGE_HEAD for head in _USAGE_EVENTS)
 # The bytes of a delta event that are not its text: the event line and the JSON around the fragment (113 to
 # 127 in Anthropic's streams, by delta type and index).
 _DELTA_FRAME = 120
@@ -98,6 +101,18 @@ class StreamTap:
             if block.startswith(b"event: message_stop"):
                 self.completed = True
                 continue
+            # The two events with usage, as every upstream writes them (an event line, one data line): their
+            # JSON is read straight from the bytes. Anything else, or bytes orjson refuses (which the general
+            # path reads with replacement characters), goes the general way.
+            name = _USAGE_EVENTS.get(block[:_USAGE_HEAD])
+            if name is not None and block.count(b"\n") == 1:
+                try:
+                    data = orjson.loads(block[_USAGE_HEAD:])
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    self._take(name, data)
+                    continue
             event = parse_block(block)
             if event is not None:
                 self._see([event])
@@ -121,15 +136,19 @@ class StreamTap:
                     data = orjson.loads(event.data)
                 except orjson.JSONDecodeError:
                     continue
-                if not isinstance(data, dict):
-                    continue
-                if name == "message_start":
-                    message = data.get("message")
-                    if isinstance(message, dict):
-                        self.usage.update(message.get("usage"))
-                elif name == "message_delta":
-                    self.usage.update(data.get("usage"))
-                    self.counted = True
-                else:
-                    error = data.get("error")
-                    self.error = error if isinstance(error, dict) else {"type": "api_error"}
+                self._take(name, data)
+
+    def _take(self, name: str, data: object) -> None:
+        """What a ``message_start``, ``message_delta`` or ``error`` event's parsed data says."""
+        if not isinstance(data, dict):
+            return
+        if name == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict):
+                self.usage.update(message.get("usage"))
+        elif name == "message_delta":
+            self.usage.update(data.get("usage"))
+            self.counted = True
+        else:
+            error = data.get("error")
+            self.error = error if isinstance(error, dict) else {"type": "api_error"}

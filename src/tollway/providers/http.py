@@ -7,12 +7,25 @@ OpenAI) deals only in bytes and statuses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import aiohttp
+from aiohttp import hdrs
 
 from tollway.errors import UpstreamTimeout, UpstreamUnavailable
 from tollway.providers.base import Provider
+
+
+class _UpstreamRequest(aiohttp.ClientRequest):
+    """aiohttp's request with ``Accept`` as its only automatic header, as ``skip_auto_headers=("User-Agent",
+    "Accept-Encoding")`` would leave it. Tollway reads usage from the bytes, so it asks for them uncompressed
+    (each wire protocol sends ``accept-encoding: identity``), and the client's own user-agent, if any, is
+    forwarded. Done here rather than with skip_auto_headers, which builds and merges two header dicts per
+    request."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        if hdrs.ACCEPT not in self.headers:
+            self.headers[hdrs.ACCEPT] = "*/*"
 
 
 class HTTPProvider(Provider):
@@ -20,14 +33,16 @@ class HTTPProvider(Provider):
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        # Tollway reads usage from the bytes, so it asks for them uncompressed (identity) and relays them
-        # as they come; the client's own accept-encoding is about its hop, not this one. No sock_read here:
+        # Bytes are relayed as they come, uncompressed (see _UpstreamRequest). No cookie jar: upstream cookies
+        # are not a client's to replay on another client's request (client cookies are not forwarded either),
+        # and the default jar filters every request through its store. No sock_read here:
         # aiohttp would start it while waiting for the status line too, cutting first_byte down to idle.
         # The idle timer is set on each connection once its headers are in (see post).
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            request_class=_UpstreamRequest,
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout_connect),
         )
 
