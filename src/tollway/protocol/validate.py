@@ -154,17 +154,17 @@ def _check_messages(messages: object) -> tuple[bool, int]:
         raise _fail("messages", "List should have at least 1 item after validation, not 0")
     last = len(messages) - 1
     fetches, images = False, 0
+    # Paths are written out only for an error: a long conversation has thousands of blocks.
     for i, message in enumerate(messages):
-        path = f"messages.{i}"
-        _expect(message, dict, path, "dictionary")
-        assert isinstance(message, dict)
+        if not isinstance(message, dict):
+            raise _fail(f"messages.{i}", "Input should be a valid dictionary")
         role = message.get("role")
         if role is None:
-            raise _fail(f"{path}.role", "Field required")
+            raise _fail(f"messages.{i}.role", "Field required")
         if role not in ROLES:
-            raise _fail(f"{path}.role", "Input should be 'user' or 'assistant'")
+            raise _fail(f"messages.{i}.role", "Input should be 'user' or 'assistant'")
         if "content" not in message:
-            raise _fail(f"{path}.content", "Field required")
+            raise _fail(f"messages.{i}.content", "Field required")
         content = message["content"]
         final_assistant = i == last and role == "assistant"
         if isinstance(content, str):
@@ -172,10 +172,10 @@ def _check_messages(messages: object) -> tuple[bool, int]:
                 raise _empty_message(i)
             continue
         if not isinstance(content, list):
-            raise _fail(f"{path}.content", "Input should be a valid string or a list of content blocks")
+            raise _fail(f"messages.{i}.content", "Input should be a valid string or a list of content blocks")
         if not content and not final_assistant:
             raise _empty_message(i)
-        more, count = _check_blocks(content, path, final_assistant)
+        more, count = _check_blocks(content, i, final_assistant)
         fetches, images = fetches or more, images + count
         if role == "assistant":
             _check_tool_results_follow(messages, i, content)
@@ -204,30 +204,34 @@ def _sourced(block: dict[str, Any]) -> tuple[bool, int]:
     return False, 1
 
 
-def _check_blocks(blocks: list[Any], path: str, final_assistant: bool) -> tuple[bool, int]:
-    """Check a message's blocks; say whether one has content whose tokens its bytes do not bound, and count
-    inline images."""
+def _check_blocks(blocks: list[Any], message: int, final_assistant: bool) -> tuple[bool, int]:
+    """Check the blocks of message number ``message``; say whether one has content whose tokens its bytes do
+    not bound, and count inline images."""
     fetches, images = False, 0
     for j, block in enumerate(blocks):
-        bpath = f"{path}.content.{j}"
-        _expect(block, dict, bpath, "dictionary")
+        if not isinstance(block, dict):
+            raise _fail(f"messages.{message}.content.{j}", "Input should be a valid dictionary")
         btype = block.get("type")
         if btype is None:
-            raise _fail(f"{bpath}.type", "Field required")
-        _expect(btype, str, f"{bpath}.type", "string")
+            raise _fail(f"messages.{message}.content.{j}.type", "Field required")
         if btype == "text":
             text = block.get("text")
             if text is None:
-                raise _fail(f"{bpath}.text", "Field required")
-            _expect(text, str, f"{bpath}.text", "string")
+                raise _fail(f"messages.{message}.content.{j}.text", "Field required")
+            if not isinstance(text, str):
+                raise _fail(f"messages.{message}.content.{j}.text", "Input should be a valid string")
             if not text:
                 if block.get("cache_control"):
-                    raise _fail(f"{bpath}.text", "cache_control cannot be set for empty text blocks")
+                    raise _fail(f"messages.{message}.content.{j}.text",
+                                "cache_control cannot be set for empty text blocks")
                 if not final_assistant:
                     raise _fail("messages", "text content blocks must be non-empty")
             elif not text.strip() and not final_assistant:
                 raise _fail("messages", "text content blocks must contain non-whitespace text")
-        elif btype == "tool_use":
+            continue
+        bpath = f"messages.{message}.content.{j}"
+        _expect(btype, str, f"{bpath}.type", "string")
+        if btype == "tool_use":
             for key, kind, label in (("id", str, "string"), ("name", str, "string"), ("input", dict, "dictionary")):
                 if key not in block:
                     raise _fail(f"{bpath}.tool_use.{key}", "Field required")

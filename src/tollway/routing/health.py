@@ -62,9 +62,16 @@ class HealthBoard:
 
     def resting_for(self, upstream: str, key: int) -> float:
         """Seconds until this key of this upstream may be tried again; 0 when it may now."""
+        # Asked for every candidate of every request: no list, and no clock when nothing ever rested.
+        whole, own = self._upstreams.get(upstream), self._keys.get((upstream, key))
+        if whole is None and own is None:
+            return 0.0
         now = self.clock()
-        ends = [r.until for r in (self._upstreams.get(upstream), self._keys.get((upstream, key))) if r]
-        return max([0.0, *(end - now for end in ends)])
+        wait = 0.0
+        for rest in (whole, own):
+            if rest is not None and rest.until - now > wait:
+                wait = rest.until - now
+        return wait
 
     def rate_limited(self, upstream: str, key: int) -> bool:
         rest = self._keys.get((upstream, key))

@@ -143,6 +143,13 @@ class Router:
         return not self.health.at_capacity(c.provider.name, c.provider.config.max_concurrency)
 
     def plan(self, route: Route, all_candidates: list[Candidate]) -> list[Candidate]:
+        if len(all_candidates) == 1:
+            # The usual route (one upstream, one key), every request: its answer without the lists below.
+            only = all_candidates[0]
+            provider = only.target.provider
+            if (not self.health.at_capacity(provider.name, provider.config.max_concurrency)
+                    and self.health.resting_for(provider.name, only.key_index) == 0):
+                return [only]
         roomy = [c for c in all_candidates if self._has_room(c)]
         if not roomy:
             raise Overloaded(f"every upstream for {route.name} is at its concurrency limit")
@@ -267,7 +274,7 @@ class Router:
         if target.rewrite or payload.get("model") != target.model:
             payload = dict(payload, model=target.model)
             changed = True
-        if candidate.id != preferred.id and has_signed_thinking(request.body):
+        if candidate is not preferred and candidate.id != preferred.id and has_signed_thinking(request.body):
             # Signatures belong to the account that made them; this one is not the conversation's own.
             payload = orjson.loads(orjson.dumps(payload))
             changed = drop_signed_thinking(payload) or changed
