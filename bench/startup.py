@@ -18,7 +18,8 @@ the server starts), and `listening`, when the port first accepts a connection.
 
 Tollway's own modules are byte-compiled before the first run (`compileall` on `src/`), as `pip install` does
 when it installs a package: this environment sets PYTHONDONTWRITEBYTECODE=1, under which a start from a source
-tree would otherwise compile every one of Tollway's modules again each time (about a fifth of a start).
+tree would otherwise compile every one of Tollway's modules again each time: a quarter of a start (callgrind,
+start to first request served: 3.1 billion instructions without the bytecode, 2.3 billion with it).
 `--no-compile` leaves the tree as it is.
 
 Writes results/startup.json; its `summary` (the existing-database median) is what run.py's goal table reads.

@@ -54,13 +54,36 @@ class HTTPProvider(Provider):
     async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         """Send; return once the status line and headers are in (the first-byte timeout covers this)."""
         assert self._session is not None, "provider used before start()"
+        task = asyncio.current_task()
+        assert task is not None
+        # The first-byte deadline, done as asyncio.timeout does it (a timer cancels this task; the cancel is
+        # ours if uncancelling it leaves the count it had) without its context-manager object and coroutines:
+        # callgrind counts 27,000 instructions a use for asyncio.timeout, 7,000 for this.
+        cancelling = task.cancelling()
+        expired = uncancelled = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.config.timeout_first_byte, expire)
         try:
-            async with asyncio.timeout(self.config.timeout_first_byte):
-                resp = await self._session.post(self.config.base_url + path, data=body, headers=headers)
+            resp = await self._session.post(self.config.base_url + path, data=body, headers=headers)
+        except asyncio.CancelledError:
+            if expired:
+                uncancelled = True
+                if task.uncancel() <= cancelling:
+                    raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
+            raise
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream {self.name!r} is unreachable ({type(exc).__name__})") from None
+        finally:
+            timer.cancel()
+            if expired and not uncancelled:
+                task.uncancel()  # the deadline passed as the answer came: its cancel is ours to take back
         # From here on, silence is bounded by idle. aiohttp's own per-connection read timer does it, reset
         # on every packet: no timer of Tollway's per read.
         connection = resp.connection
