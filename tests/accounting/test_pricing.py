@@ -136,6 +136,22 @@ def test_one_cache_read_costs_a_whole_number_of_nano_dollars() -> None:
     assert cost_nanousd(LIST_PRICES["claude-opus-4-1-20250805"], Usage(cache_creation_5m=1)) == 18_750
 
 
+@pytest.mark.parametrize(("tokens", "nano"), [(1, 1), (2, 3), (3, 4), (4, 5), (6, 8)])
+def test_a_fraction_of_a_nano_dollar_rounds_half_up(tokens: int, nano: int) -> None:
+    # $0.001 per million input tokens: a 5-minute cache write is 1.25 nano-dollars a token, so the sum has
+    # quarters that round half up (2.5 -> 3, 7.5 -> 8), as the decimal sum did.
+    assert cost_nanousd(Prices.list("0.001", "0.003"), Usage(cache_creation_5m=tokens)) == nano
+
+
+def test_rates_with_different_decimal_places_add_up_exactly() -> None:
+    prices = Prices(Decimal("1.2345"), Decimal("0.00001"), Decimal("3"), Decimal("0.0000005"), Decimal("2E+1"))
+    usage = Usage(input_tokens=7, output_tokens=123_457, cache_creation_5m=11, cache_creation_1h=999_999,
+                  cache_read_input_tokens=3)
+    exact = (7 * Decimal("1234.5") + 123_457 * Decimal("0.01") + 11 * Decimal("3000") + 999_999 * Decimal("0.0005")
+             + 3 * Decimal("20000"))
+    assert cost_nanousd(prices, usage) == int(exact.to_integral_value("ROUND_HALF_UP"))
+
+
 # -- the reserve: the most a request can cost --------------------------------------------------------------
 
 SONNET = LIST_PRICES["claude-sonnet-4-6"]
