@@ -91,13 +91,13 @@ def _requests(stats: RequestStats) -> Iterator[Metric]:
     requests = CounterMetricFamily("tollway_requests", "Requests ended, by endpoint, model asked for, upstream, "
                                    "HTTP status and error type (empty: none).",
                                    labels=["endpoint", "model", "upstream", "status", "error_type"])
-    for labels, count in list(stats.requests.items()):
+    for labels, count in stats.requests().items():
         requests.add_metric(list(labels), float(count))
     yield requests
     for name, doc, histograms in (
-            ("tollway_request_duration_seconds", "From the request's arrival to its last byte sent.", stats.latency),
+            ("tollway_request_duration_seconds", "From the request's arrival to its last byte sent.", stats.latency()),
             ("tollway_time_to_first_byte_seconds", "From the request's arrival to the upstream's first byte.",
-             stats.ttfb)):
+             stats.ttfb())):
         family = HistogramMetricFamily(name, doc, labels=["upstream", "stream"])
         for (upstream, stream), h in list(histograms.items()):
             family.add_metric([upstream, stream], h.cumulative(), sum_value=h.total)
@@ -105,7 +105,7 @@ def _requests(stats: RequestStats) -> Iterator[Metric]:
     tokens = CounterMetricFamily("tollway_tokens", "Tokens, by model asked for and kind.", labels=["model", "kind"])
     cost = CounterMetricFamily("tollway_cost_usd", "What requests cost at the configured prices, by model asked for.",
                                labels=["model"])
-    for model, t in list(stats.models.items()):
+    for model, t in stats.models().items():
         kinds = (("input", t.input_tokens), ("output", t.output_tokens),
                  ("cache_read", t.cache_read_input_tokens), ("cache_creation", t.cache_creation_input_tokens))
         for kind, value in kinds:
