@@ -285,3 +285,27 @@ async def test_money_requests_are_turned_away_while_too_many_entries_wait_for_th
         assert refused.value.status == 529 and refused.value.headers == {"retry-after": "5"}
     finally:
         await funds.close()
+
+
+async def test_a_seed_counts_a_late_request_once_whenever_its_entries_reached_the_store(
+        store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed of a shared balance: a late request (settled while Redis had no hash for its owner) closed in
+    the very entries the balance is summed from is counted there and not again, whatever a separate look-up
+    of stored requests said a moment earlier (it said 'not stored' here, as when the flush lands between)."""
+    key = await make_key(store, "seeded", Budget(prepaid=True))
+    await store.topup(key.id, 1_000_000)
+    at = datetime.now(UTC)
+    us = int(at.timestamp() * 1_000_000)
+    closed = [LedgerEntry(us, key.id, "reserve", -5000, "req_closed"), LedgerEntry(us, key.id, "settle", 4000,
+                                                                                   "req_closed")]
+    running = [LedgerEntry(us, key.id, "reserve", -7000, "req_running")]
+    await store.insert_usage([usage_row("req_closed", key, 1000, at)], [*closed, *running])
+    funds = Funds(store, UsageLedger(store, 3600).entry, 3600)
+
+    async def nothing_yet(_: object) -> frozenset[str]:
+        return frozenset()
+
+    monkeypatch.setattr(store, "stored_requests", nothing_yet)
+    seed = await funds._seed(key.id, ["req_closed", "req_running"])
+    assert seed.balance == 1_000_000 - 1000  # the top-up and the closed request; the running one left out
+    assert seed.stored == {"req_closed"}  # so its late note is not counted a second time

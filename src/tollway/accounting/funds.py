@@ -257,12 +257,20 @@ class Funds:
     # -- the request path ------------------------------------------------------------------------------
 
     async def _seed(self, owner: str, late: Sequence[str]) -> Seed:
-        """What a shared wallet needs to start ``owner``'s hash (see `SharedWallet`). The late requests are
-        looked up first: one stored between that and the sums below is then counted twice, which errs on
-        the side of less money, never more."""
-        stored = await self._store.stored_requests(late) if late else frozenset()
+        """What a shared wallet needs to start ``owner``'s hash (see `SharedWallet`).
+
+        Which late requests the store already counts is read from the very entries the balance is summed
+        from, where the owner pays from a balance: a late request of a prepaid owner always has its reserve
+        there (it reserved before Redis was lost, and the seed waits until such entries are written), and it
+        is counted in the balance exactly when its closing entry is there too. Asked separately, a request
+        closing between the two reads was counted twice (the rebuilt balance came out short). For an owner
+        with only a cap (no entries per request), the usage rows say, looked up before the spend is summed:
+        a request stored between the two is counted twice in the spend, erring on the side of less room."""
+        plain = await self._store.stored_requests(late) if late else frozenset()
         entries = await self._store.ledger_entries(owner=owner)
         closed = {e.request_id for _, e in entries if e.kind in ("settle", "release")}
+        reserved = {e.request_id for _, e in entries if e.kind == "reserve"}
+        stored = {r for r in late if (r in closed if r in reserved else r in plain)}
         balance = sum(e.amount_nanousd for _, e in entries if e.kind != "reserve" or e.request_id in closed)
         mark = max((i for i, e in entries if e.kind == "topup"), default=0)
         spent = (await self._spend({owner}, reuse=0.25))[owner]

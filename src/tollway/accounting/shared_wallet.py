@@ -187,6 +187,8 @@ class Unsettled(NamedTuple):
     cost: int
     day: str
     month: str
+    entries: tuple[LedgerEntry, ...] = ()
+    """The request's closing ledger entries, written once Redis has the settle (see `SharedWallet.settle`)."""
 
 
 class SharedWallet:
@@ -236,6 +238,9 @@ class SharedWallet:
         if self._unsettled:
             log.error("%d settles never reached Redis: those holds stay reserved there until their owners are "
                       "seeded again", len(self._unsettled))
+            # The ledger is the record: what the requests cost is written, Redis or not.
+            for job in self._unsettled:
+                self._write(job.entries)
         if self._owns_client:
             await self.client.aclose()
 
@@ -303,20 +308,31 @@ class SharedWallet:
             log.warning("request %s cost %d nano-USD, more than the %d it reserved", hold.request_id, cost,
                         hold.amount)
         at_us = round(ts * 1_000_000)
-        for owner, prepaid in hold.owners:
-            if prepaid:
-                self._sink(LedgerEntry(at_us, owner, "settle" if cost else "release", hold.amount - cost,
-                                       hold.request_id))
+        entries = tuple(LedgerEntry(at_us, owner, "settle" if cost else "release", hold.amount - cost,
+                                    hold.request_id) for owner, prepaid in hold.owners if prepaid)
         if not hold.owners:
             return
-        job = Unsettled(hold, cost, day, month)
-        try:
-            # Shielded: the request's task may be cancelled (its client left) while the settle is on the wire,
-            # and a settle cut there would leave the hold reserved in Redis.
-            await asyncio.shield(self._send_settle(job))
-        except RedisError:
-            log.warning("settling %s in Redis failed; retrying in the background", hold.request_id)
-            self._keep(job)
+        job = Unsettled(hold, cost, day, month, entries)
+        sent = asyncio.ensure_future(self._send_settle(job))
+
+        def sent_off(_: asyncio.Future[None]) -> None:
+            # The request's entries reach the ledger only once Redis has its settle: a seed that finds the request
+            # closed in the store must not then see its settle arrive under the new seed's token too, and count
+            # it a second time (seen: a balance rebuilt mid-load came out one or two requests short). A settle
+            # that failed is kept, and its entries go with it once it has gone through.
+            exc = None if sent.cancelled() else sent.exception()
+            if isinstance(exc, RedisError):
+                log.warning("settling %s in Redis failed; retrying in the background", hold.request_id)
+                self._keep(job)
+                return
+            self._write(entries)
+
+        # Here, not after the await: the request's task may be cancelled (its client left) while the settle is on
+        # the wire, and the entries must be written and a failed settle kept all the same.
+        sent.add_done_callback(sent_off)
+        # Shielded: a settle cut on the wire would leave the hold reserved in Redis.
+        with contextlib.suppress(RedisError):
+            await asyncio.shield(sent)
 
     async def release_orphan(self, entry: LedgerEntry) -> None:
         """Give back in Redis what a reserve left by a stopped process holds (its release is in the store)."""
@@ -357,7 +373,11 @@ class SharedWallet:
                 await self._send_settle(self._unsettled[0])
             except RedisError:
                 return
-            self._unsettled.pop(0)
+            self._write(self._unsettled.pop(0).entries)
+
+    def _write(self, entries: Iterable[LedgerEntry]) -> None:
+        for entry in entries:
+            self._sink(entry)
 
     @property
     def unsettled(self) -> int:
