@@ -266,10 +266,11 @@ class Funds:
         closing between the two reads was counted twice (the rebuilt balance came out short). For an owner
         with only a cap (no entries per request), the usage rows say, looked up before the spend is summed:
         a request stored between the two is counted twice in the spend, erring on the side of less room."""
-        plain = await self._store.stored_requests(late) if late else frozenset()
         entries = await self._store.ledger_entries(owner=owner)
         closed = {e.request_id for _, e in entries if e.kind in ("settle", "release")}
         reserved = {e.request_id for _, e in entries if e.kind == "reserve"}
+        capped_only = [r for r in late if r not in reserved]
+        plain = await self._store.stored_requests(capped_only) if capped_only else frozenset()
         stored = {r for r in late if (r in closed if r in reserved else r in plain)}
         balance = sum(e.amount_nanousd for _, e in entries if e.kind != "reserve" or e.request_id in closed)
         mark = max((i for i, e in entries if e.kind == "topup"), default=0)

@@ -130,9 +130,8 @@ class RequestStats:
             t.cache_creation_input_tokens += row.cache_creation_input_tokens
             t.cache_read_input_tokens += row.cache_read_input_tokens
             t.cost_nanousd += row.cost_nanousd or 0
-        if len(try_upstreams) > 1:
-            for failed in try_upstreams[:-1]:
-                self.failovers[failed] = self.failovers.get(failed, 0) + 1
+        for failed in try_upstreams[:-1]:
+            self.failovers[failed] = self.failovers.get(failed, 0) + 1
 
     # -- the views, summed at scrape time --------------------------------------------------------------
 
