@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from tollway.errors import UpstreamError, UpstreamUnavailable
@@ -19,6 +18,7 @@ from tollway.protocol.sanitize import drop_foreign_thinking, needs_sanitizing
 from tollway.protocol.usage import StreamTap, usage_from_message
 from tollway.providers.base import UpstreamCall, UpstreamReply
 from tollway.providers.http import HTTPProvider
+from tollway.providers.transport import Response
 
 log = logging.getLogger("tollway.providers.anthropic")
 PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
@@ -77,7 +77,7 @@ class AnthropicProvider(HTTPProvider):
         # Anthropic-shaped errors go to the client unchanged: Claude Code recovers by their wording.
         return reply
 
-    async def _relay(self, resp: aiohttp.ClientResponse, reply: UpstreamReply,
+    async def _relay(self, resp: Response, reply: UpstreamReply,
                      cap: int | None) -> AsyncIterator[bytes]:
         tap = StreamTap(cap)
         reply.usage = tap.usage

@@ -13,7 +13,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from tollway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -25,6 +24,7 @@ from tollway.providers.openai.request import to_chat_request
 from tollway.providers.openai.response import to_anthropic_message
 from tollway.providers.openai.stream import StreamTranslator
 from tollway.providers.openai.tokens import estimate_input_tokens
+from tollway.providers.transport import Response
 from tollway.upstream_options import OpenAIOptions
 
 JSON = {"content-type": "application/json"}
@@ -83,7 +83,7 @@ class OpenAIProvider(HTTPProvider):
         # Load the tokenizer's vocabulary now, not on the first count_tokens request.
         await asyncio.to_thread(estimate_input_tokens, {"messages": []})
 
-    async def _translate(self, resp: aiohttp.ClientResponse, translator: StreamTranslator,
+    async def _translate(self, resp: Response, translator: StreamTranslator,
                          reply: UpstreamReply) -> AsyncIterator[bytes]:
         # Nothing is sent before the upstream's first bytes (or a ping): until then the router may still
         # fail over to another target.
