@@ -20,6 +20,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -65,8 +66,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, so no isinstance here).
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # A request is one write and its answer is awaited: Nagle would only hold the packet back.
@@ -279,7 +280,8 @@ class Pool:
     async def _exchange(self, conn: _Connection, message: bytes, deadline: float) -> Response:
         conn.in_use = True
         try:
-            assert conn.transport is not None
+            if conn.transport is None:
+                raise conn.error or TransportError("the upstream closed the connection")
             conn.transport.write(message)
             while not conn.head_done:
                 if conn.error is not None:
