@@ -239,8 +239,9 @@ def test_a_cut_stream_counts_what_went_out_but_never_overrides_the_final_count()
     cut = StreamTap()
     cut.feed(start + b"".join(_delta("x" * 40) for _ in range(5)))
     cut.cut()
-    # Each delta is 155 bytes, 40 of them text: taken as 35 (the frame counted at its longest), 9 tokens.
-    assert cut.usage.output_tokens == 5 * 9
+    # Each delta is 153 bytes (without its blank line), 40 of them text: taken as 33 (the frame counted at its
+    # longest), so the read's five make 165 characters, 42 tokens.
+    assert cut.usage.output_tokens == 42
     counted = StreamTap()
     final = encode_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
                                            "usage": {"output_tokens": 7}})

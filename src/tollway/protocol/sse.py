@@ -41,7 +41,7 @@ class SSEDecoder:
         self._pending_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        blocks = (self._buffer + chunk).split(b"\n\n")
+        blocks = (self._buffer + chunk if self._buffer else chunk).split(b"\n\n")
         self._buffer = blocks.pop()
         return blocks
 

@@ -87,16 +87,19 @@ class StreamTap:
         self.completed = False
         self.error: dict[str, Any] | None = None
         self.sent = 0
-        """Output tokens the deltas so far hold, estimated from their size, for a stream cut short."""
+        """Output tokens the deltas so far hold, estimated from their size, for a stream cut short: the text
+        bytes of each read's deltas (each less its frame) at `CHARS_PER_TOKEN`, at least one a delta."""
         self.counted = False
         """True once ``message_delta`` gave the final output count."""
 
     def feed(self, chunk: bytes) -> None:
+        deltas = delta_bytes = 0
         for block in self._decoder.feed_blocks(chunk):
             # Most of a stream is deltas and pings: recognised by their first bytes, never parsed.
             if block.startswith(_SKIPPED):
                 if block.startswith(_DELTA):
-                    self.sent += max(1, estimate_tokens(len(block) - _DELTA_FRAME))
+                    deltas += 1
+                    delta_bytes += len(block)
                 continue
             if block.startswith(b"event: message_stop"):
                 self.completed = True
@@ -116,6 +119,9 @@ class StreamTap:
             event = parse_block(block)
             if event is not None:
                 self._see([event])
+        if deltas:
+            # Summed over a read's deltas rather than per delta: one estimate per read, not one per event.
+            self.sent += max(deltas, estimate_tokens(delta_bytes - deltas * _DELTA_FRAME))
 
     def close(self) -> None:
         self._see(self._decoder.close())
