@@ -51,7 +51,7 @@ class AnthropicProvider(HTTPProvider):
             if drop_foreign_thinking(clean):
                 data = orjson.dumps(clean)
         resp = await self.post(path, data, headers)
-        reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
+        reply_headers = {k: v for k in REPLY_HEADERS if (v := resp.header(k)) is not None}
         if call.stream and resp.status == 200:
             reply = UpstreamReply(status=200, headers=reply_headers)
             cap = call.payload.get("max_tokens")

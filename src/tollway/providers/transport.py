@@ -49,7 +49,9 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.head = b""
+        """The answer's header lines as sent (LF-separated, the status line first), once ``head_done``."""
+        self._head_bytes = b""
         self.head_done = False
         self.complete = False
         self.reusable = False
@@ -60,7 +62,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
 
     def reset(self) -> None:
-        self.status, self.headers = 0, {}
+        self.status, self.head = 0, b""
         self.head_done = self.complete = self.reusable = self.answered = False
 
     # asyncio.Protocol
@@ -78,10 +80,14 @@ class _Connection(asyncio.Protocol):
             self.close()  # nothing was asked: bytes on an idle connection leave it in an unknown state
             return
         self.answered = True
+        if not self.head_done:
+            self._head_bytes = self._head_bytes + data if self._head_bytes else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(TransportError(f"malformed HTTP from upstream ({exc})"))
+        if self.head_done and self._head_bytes:
+            self.head, self._head_bytes = _final_head(self._head_bytes), b""
         self._wake()
 
     def eof_received(self) -> bool:
@@ -96,20 +102,13 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self._wake()
 
-    # httptools callbacks
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self.headers.get(key)
-        self.headers[key] = text if previous is None else f"{previous}, {text}"
+    # httptools callbacks. No on_header: a Python call per header line (twenty-odd from Anthropic) cost more
+    # than the rest of the parse; the header lines are kept as bytes and looked up by name (see `Response`).
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if status < 200:
-            self.headers = {}  # 1xx (103 Early Hints and the like): the answer proper follows
-            return
-        self.status, self.head_done = status, True
+        if status >= 200:  # not 1xx (103 Early Hints and the like): the answer proper follows those
+            self.status, self.head_done = status, True
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -126,7 +125,9 @@ class _Connection(asyncio.Protocol):
     # the exchange
 
     def _ends_at_close(self) -> bool:
-        return "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
+        head = self.head.lower()
+        coding = header_value(head, head, "transfer-encoding") or b""
+        return b"\ncontent-length:" not in head and b"chunked" not in coding
 
     def _fail(self, error: TransportError) -> None:
         if self.error is None:
@@ -168,6 +169,33 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _final_head(data: bytes) -> bytes:
+    """The header lines of the final answer in ``data`` (the bytes that completed it, 1xx answers first if any),
+    LF-separated, without the blank line."""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        head = data[:end].replace(b"\r\n", b"\n") if end >= 0 else data[:data.find(b"\n\n")]
+        if head[9:10] != b"1":  # the status code's first digit ("HTTP/1.1 103 ..."): 1xx answers come first
+            return head
+        data = data[end + 4:] if end >= 0 else data[data.find(b"\n\n") + 2:]
+
+
+def header_value(head: bytes, lowered: bytes, name: str) -> bytes | None:
+    """A header's value in ``head`` (LF-separated lines; ``lowered`` is the same, lower case), found without
+    splitting the head into lines: the values of a repeated header joined by ", "."""
+    key = b"\n" + name.encode("latin-1") + b":"
+    at = lowered.find(key)
+    if at < 0:
+        return None
+    values = []
+    while at >= 0:
+        start = at + len(key)
+        end = lowered.find(b"\n", start)
+        values.append(head[start:end if end >= 0 else len(head)].strip())
+        at = lowered.find(key, start)
+    return values[0] if len(values) == 1 else b", ".join(values)
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -176,14 +204,31 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 class Response:
     """An answer whose status line and headers are in; the body is read through `read`/`read_chunk`."""
 
-    __slots__ = ("_conn", "_pool", "headers", "status")
+    __slots__ = ("_conn", "_head", "_lowered", "_pool", "status")
 
     def __init__(self, pool: Pool, conn: _Connection) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
         self.status = conn.status
-        self.headers = conn.headers
-        """Names in lower case; a repeated header's values joined by ", "."""
+        self._head = conn.head
+        self._lowered = b""
+
+    def header(self, name: str) -> str | None:
+        """One header's value (``name`` in lower case), a repeated header's values joined by ", "."""
+        if not self._lowered:
+            self._lowered = self._head.lower()
+        value = header_value(self._head, self._lowered, name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every header, names in lower case, a repeated header's values joined by ", "."""
+        out: dict[str, str] = {}
+        for line in self._head.split(b"\n")[1:]:
+            name, _, value = line.partition(b":")
+            key, text = name.strip().decode("latin-1").lower(), value.strip().decode("latin-1")
+            out[key] = f"{out[key]}, {text}" if key in out else text
+        return out
 
     @property
     def at_eof(self) -> bool:
