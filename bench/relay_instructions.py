@@ -8,8 +8,10 @@ requests, a dump.
 
     .venv/bin/python bench/relay_instructions.py                 # 300 requests per cell, c=1 and c=8
     .venv/bin/python bench/relay_instructions.py --requests 100 --concurrency 1
+    .venv/bin/python bench/relay_instructions.py --client tollway   # the relay on Tollway's own transport
 
-Writes ``relay`` in results/instructions.json (next to Tollway's runs) and prints a table.
+Writes ``relay`` (``relay-tollway-client`` with ``--client tollway``) in results/instructions.json (next to
+Tollway's runs) and prints a table.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--client", choices=("aiohttp", "tollway"), default="aiohttp",
+                        help="the relay's upstream client (see bare_relay.py)")
     args = parser.parse_args()
     args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     tmp = Path(tempfile.mkdtemp(prefix="relay-instructions-"))
@@ -66,7 +70,8 @@ def main() -> int:
     try:
         fake_port, port = free_port(), free_port()
         counter = Counter(tmp)
-        relay_argv = [py, str(BENCH / "bare_relay.py"), "--port", str(port), "--upstream", f"http://127.0.0.1:{fake_port}"]
+        relay_argv = [py, str(BENCH / "bare_relay.py"), "--port", str(port), "--upstream", f"http://127.0.0.1:{fake_port}",
+                      "--client", args.client]
         for server, listen in (
             (Server("fake-upstream", [py, str(BENCH / "fake_upstream.py"), "--port", str(fake_port)],
                     tmp / "fake.log"), fake_port),
@@ -78,10 +83,11 @@ def main() -> int:
         counter.pid = servers[-1].pid
         summary = asyncio.run(measure(f"http://127.0.0.1:{port}/v1/messages", counter, args))
         doc: dict[str, Any] = orjson.loads(RESULTS.read_bytes()) if RESULTS.exists() else {}
-        doc["relay"] = {"meta": {"commit": git_commit(BENCH.parent), "requests": args.requests,
-                                 "warmup": args.warmup, "rounds": args.rounds,
-                                 "measure": "callgrind Ir (instructions executed) of bare_relay.py"},
-                        "summary": summary}
+        label = "relay" if args.client == "aiohttp" else f"relay-{args.client}-client"
+        doc[label] = {"meta": {"commit": git_commit(BENCH.parent), "requests": args.requests,
+                               "warmup": args.warmup, "rounds": args.rounds, "client": args.client,
+                               "measure": "callgrind Ir (instructions executed) of bare_relay.py"},
+                      "summary": summary}
         RESULTS.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print("\n| mode | relay instr/req |\n|---|--:|")
         for cell, value in summary.items():
