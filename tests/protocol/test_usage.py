@@ -255,3 +255,26 @@ def test_an_estimate_never_passes_max_tokens() -> None:
     tap.feed(b"".join(_delta("x" * 400) for _ in range(5)))
     tap.cut()
     assert tap.usage.output_tokens == 16
+
+
+@pytest.mark.parametrize("start", [
+    {"type": "message_start", "message": {"id": "m", "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}},
+    # usage not the last key: the whole event is parsed instead
+    {"type": "message_start", "message": {"usage": {"input_tokens": 11, "output_tokens": 1}, "content": []}},
+    {"type": "message_start", "message": {"content": [], "usage": {"input_tokens": 11, "output_tokens": 1}},
+     "extra": {"a": 1}},
+    # a "usage" key inside a string (escaped quotes) is never the match
+    {"type": "message_start", "message": {"content": [{"type": "text", "text": '"usage":{"input_tokens":99}}}'}],
+                                          "usage": {"input_tokens": 11, "output_tokens": 1}}},
+])
+@pytest.mark.parametrize("delta", [
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+    {"type": "message_delta", "usage": {"output_tokens": 7}, "delta": {"stop_reason": "end_turn",
+                                                                      "stop_sequence": '"usage":{"output_tokens":1}'}},
+])
+def test_usage_is_read_whatever_the_key_order(start: dict[str, object], delta: dict[str, object]) -> None:
+    tap = StreamTap()
+    tap.feed(encode_event("message_start", start) + encode_event("message_delta", delta)
+             + encode_event("message_stop", {"type": "message_stop"}))
+    tap.close()
+    assert (tap.usage.input_tokens, tap.usage.output_tokens, tap.counted, tap.completed) == (11, 7, True, True)

@@ -18,6 +18,8 @@ _SKIPPED = (b"event: content_block_", b"event: ping")
 _DELTA = b"event: content_block_delta"
 _USAGE_EVENTS = {b"event: message_start\ndata: ": "message_start", b"event: message_delta\ndata: ": "message_delta"}
 _USAGE_HEAD = len(b"event: message_start\ndata: ")
+# What follows the usage object when it is the last key: of the message, then of the event; of the event.
+_USAGE_CLOSE = {"message_start": b"}}", "message_delta": b"}"}
 assert all(len(head) == _USAGE_HEAD for head in _USAGE_EVENTS)
 # The bytes of a delta event that are not its text: the event line and the JSON around the fragment (113 to
 # 127 in Anthropic's streams, by delta type and index).
@@ -118,6 +120,8 @@ class StreamTap:
             # path reads with replacement characters), goes the general way.
             name = _USAGE_EVENTS.get(block[:_USAGE_HEAD])
             if name is not None and block.count(b"\n") == 1:
+                if self._usage_only(name, block):
+                    continue
                 try:
                     data = orjson.loads(block[_USAGE_HEAD:])
                 except orjson.JSONDecodeError:
@@ -152,6 +156,27 @@ class StreamTap:
                 except orjson.JSONDecodeError:
                     continue
                 self._take(name, data)
+
+    def _usage_only(self, name: str, block: bytes) -> bool:
+        """Read just the ``usage`` object of a ``message_start`` or ``message_delta`` written as Anthropic writes
+        them, usage the last key (of the message, of the event): half the bytes to parse, and no dict of the
+        rest. False, having read nothing, for any other layout: the slice then is no JSON value on its own
+        (orjson refuses trailing bytes), or not a dict. A ``"usage":`` inside a string cannot be the match, since
+        its quotes would be escaped."""
+        at = block.rfind(b'"usage":')
+        end = len(block) - (2 if name == "message_start" else 1)
+        if at < 0 or block[end:] != _USAGE_CLOSE[name]:
+            return False
+        try:
+            usage = orjson.loads(block[at + 8:end])
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(usage, dict):
+            return False
+        self.usage.update(usage)
+        if name == "message_delta":
+            self.counted = True
+        return True
 
     def _take(self, name: str, data: object) -> None:
         """What a ``message_start``, ``message_delta`` or ``error`` event's parsed data says."""
