@@ -88,6 +88,15 @@ def keep_alive(*answers: bytes, requests: list[bytes] | None = None) -> Reply:
     return reply
 
 
+def answer_once(data: bytes) -> Reply:
+    """Answers the first request on each connection with ``data``, then closes the connection."""
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(data)
+        await writer.drain()
+    return reply
+
+
 async def test_a_length_delimited_answer_reuses_its_connection(serve: Callable[..., Awaitable[Server]]) -> None:
     sent: list[bytes] = []
     server = await serve(keep_alive(ok(b'{"a":1}', b"X-Thing: One", b"x-thing: two"), requests=sent))
@@ -143,12 +152,7 @@ async def test_a_chunked_answer_arrives_piece_by_piece(serve: Callable[..., Awai
 
 
 async def test_a_body_without_length_ends_with_the_connection(serve: Callable[..., Awaitable[Server]]) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-
-    server = await serve(reply)
+    server = await serve(answer_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it"))
     pool = Pool(server.url(), connect_timeout=5)
     try:
         for _ in range(2):
@@ -160,12 +164,7 @@ async def test_a_body_without_length_ends_with_the_connection(serve: Callable[..
 
 
 async def test_an_answer_cut_short_is_an_error(serve: Callable[..., Awaitable[Server]]) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
-        await writer.drain()
-
-    server = await serve(reply)
+    server = await serve(answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"))
     pool = Pool(server.url(), connect_timeout=5)
     try:
         resp = await pool.post("/", b"", {}, first_byte=5)
