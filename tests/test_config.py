@@ -291,6 +291,8 @@ def test_unknown_keys(raw: dict[str, Any], message: str) -> None:
          "conf.toml: upstreams[0].timeout.connect: must be at least 0.001"),
         (minimal(upstreams=[{"name": "a", "kind": "anthropic"}]),
          "conf.toml: upstreams[0].api_keys: an anthropic upstream needs at least one non-empty key"),
+        (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k", "sk-ant-x\n"]}]),
+         "conf.toml: upstreams[0].api_keys[1]: contains a line break or NUL (a trailing newline from a file?)"),
         (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k", ""]}]),
          "conf.toml: upstreams[0].api_keys: an anthropic upstream needs at least one non-empty key"),
         (minimal(upstreams=[{"name": "a", "kind": "anthropic", "api_keys": ["k"], "base_url": "api.anthropic.com"}]),

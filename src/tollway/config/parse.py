@@ -192,6 +192,10 @@ def _parse_upstream(u: Reader) -> UpstreamConfig:
     if not isinstance(keys_raw, list) or not all(isinstance(k, str) for k in keys_raw):
         raise u.fail("api_keys", "must be an array of strings")
     keys = tuple(u.expand(k, f"api_keys[{i}]") for i, k in enumerate(keys_raw))
+    for i, key in enumerate(keys):
+        # A key read from a file through ${VAR} often ends in a newline; sent as a header it would end the line.
+        if any(c in key for c in "\r\n\0"):
+            raise u.fail(f"api_keys[{i}]", "contains a line break or NUL (a trailing newline from a file?)")
     base_url = u.string("base_url", DEFAULT_ANTHROPIC_URL if kind == "anthropic" else "")
     if kind in ("anthropic", "openai") and not base_url.startswith(("http://", "https://")):
         raise u.fail("base_url", f"must start with http:// or https:// (got {base_url!r})")
