@@ -93,18 +93,20 @@ def open_sink(where: str) -> tuple[BinaryIO, bool]:
 
 
 def pieces(lines: list[bytes], size: int = PIPE_BUF) -> list[bytes]:
-    """The lines joined into as few writes as fit ``size`` each, every write ending at a line end."""
+    """The lines joined into as few writes as fit ``size`` each, every write ending at a line end (a line longer
+    than ``size`` goes alone). Cut by searching the joined bytes, one step per write rather than per line: this
+    runs in the writer thread holding the GIL, and every step of Python there is time the event loop may wait."""
+    data = b"".join(lines)
     out: list[bytes] = []
-    batch: list[bytes] = []
-    length = 0
-    for line in lines:
-        if batch and length + len(line) > size:
-            out.append(b"".join(batch))
-            batch, length = [], 0
-        batch.append(line)
-        length += len(line)
-    if batch:
-        out.append(b"".join(batch))
+    start, total = 0, len(data)
+    while total - start > size:
+        cut = data.rfind(b"\n", start, start + size) + 1
+        if cut <= start:  # the next line alone is longer than size: it goes whole
+            cut = data.find(b"\n", start) + 1 or total
+        out.append(data[start:cut])
+        start = cut
+    if start < total:
+        out.append(data[start:])
     return out
 
 
