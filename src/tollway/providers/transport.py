@@ -173,11 +173,13 @@ def _final_head(data: bytes) -> bytes:
     """The header lines of the final answer in ``data`` (the bytes that completed it, 1xx answers first if any),
     LF-separated, without the blank line."""
     while True:
-        end = data.find(b"\r\n\r\n")
-        head = data[:end].replace(b"\r\n", b"\n") if end >= 0 else data[:data.find(b"\n\n")]
+        end, blank = data.find(b"\r\n\r\n"), 4
+        if end < 0:  # bare LF line ends, which llhttp also accepts
+            end, blank = data.find(b"\n\n"), 2
+        head = data[:end].replace(b"\r\n", b"\n")
         if head[9:10] != b"1":  # the status code's first digit ("HTTP/1.1 103 ..."): 1xx answers come first
             return head
-        data = data[end + 4:] if end >= 0 else data[data.find(b"\n\n") + 2:]
+        data = data[end + blank:]
 
 
 def header_value(head: bytes, lowered: bytes, name: str) -> bytes | None:
@@ -303,12 +305,12 @@ class Pool:
         (connecting included). ``headers`` must not carry Host or Content-Length."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + first_byte
-        lines = [f"POST {self._prefix}{path} HTTP/1.1\r\nhost: {self._host_header}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-        lines.append(f"content-length: {len(body)}\r\n\r\n")
+        lines = [f"POST {self._prefix}{path} HTTP/1.1\r\n", f"host: {self._host_header}\r\n",
+                 *(f"{name}: {value}\r\n" for name, value in headers.items()),
+                 f"content-length: {len(body)}\r\n", "\r\n"]
         head = "".join(lines)
         # Each line's only line break is its own: a value carrying one would smuggle a header in.
-        if head.count("\n") != len(lines) + 2:
+        if head.count("\n") != len(lines):
             raise ValueError("a request header carries a line break")
         message = head.encode("utf-8", "surrogateescape") + body
         conn = self._reuse(loop)
@@ -383,10 +385,12 @@ class Pool:
         if not self._idle:
             return
         now = self._idle[0]._loop.time()
-        fresh = [conn for conn in self._idle if now - conn.idle_since <= self._keepalive]
+        fresh = []
         for conn in self._idle:
             if now - conn.idle_since > self._keepalive:
                 conn.close()
+            else:
+                fresh.append(conn)
         self._idle = fresh
         if fresh:
             self._sweep = fresh[0]._loop.call_later(self._keepalive, self._sweep_idle)

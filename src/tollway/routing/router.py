@@ -146,9 +146,7 @@ class Router:
         if len(all_candidates) == 1:
             # The usual route (one upstream, one key), every request: its answer without the lists below.
             only = all_candidates[0]
-            provider = only.target.provider
-            if (not self.health.at_capacity(provider.name, provider.config.max_concurrency)
-                    and self.health.resting_for(provider.name, only.key_index) == 0):
+            if self._has_room(only) and self.health.resting_for(only.provider.name, only.key_index) == 0:
                 return [only]
         roomy = [c for c in all_candidates if self._has_room(c)]
         if not roomy:
