@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,10 @@ class Server:
         return f"{scheme}://127.0.0.1:{self.port}"
 
 
+Serve = Callable[..., Awaitable[Server]]
+"""Starts a `Server` answering with a `Reply` (the ``serve`` fixture)."""
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes | None:
     """One request (head and Content-Length body); None if the client closed first."""
     try:
@@ -48,7 +52,7 @@ def ok(body: bytes, *extra: bytes) -> bytes:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(reply: Reply, ssl_context: ssl.SSLContext | None = None) -> Server:
@@ -75,6 +79,23 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
         await server.wait_closed()
 
 
+OpenPool = Callable[..., Pool]
+"""Makes a pool (the arguments of `Pool`) that is closed when the test ends."""
+
+
+@pytest.fixture
+def open_pool() -> Iterator[OpenPool]:
+    pools: list[Pool] = []
+
+    def make(base_url: str, **options: float) -> Pool:
+        pools.append(Pool(base_url, **{"connect_timeout": 5, **options}))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
 def keep_alive(*answers: bytes, requests: list[bytes] | None = None) -> Reply:
     """Answers each request on a connection with the next of ``answers`` (the last one repeated)."""
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
@@ -97,20 +118,17 @@ def answer_once(data: bytes) -> Reply:
     return reply
 
 
-async def test_a_length_delimited_answer_reuses_its_connection(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_length_delimited_answer_reuses_its_connection(serve: Serve, open_pool: OpenPool) -> None:
     sent: list[bytes] = []
     server = await serve(keep_alive(ok(b'{"a":1}', b"X-Thing: One", b"x-thing: two"), requests=sent))
-    pool = Pool(server.url() + "/api/", connect_timeout=5)
-    try:
-        for _ in range(3):
-            resp = await pool.post("/v1/messages", b'{"q":1}', {"x-api-key": "k"}, first_byte=5)
-            assert resp.status == 200
-            assert resp.headers["x-thing"] == "One, two"  # names lowered, repeats joined
-            assert resp.header("x-thing") == "One, two" and resp.header("content-length") == "7"
-            assert resp.header("thing") is None and resp.header("x-thin") is None
-            assert await resp.read(idle=5) == b'{"a":1}'
-    finally:
-        pool.close()
+    pool = open_pool(server.url() + "/api/")
+    for _ in range(3):
+        resp = await pool.post("/v1/messages", b'{"q":1}', {"x-api-key": "k"}, first_byte=5)
+        assert resp.status == 200
+        assert resp.headers["x-thing"] == "One, two"  # names lowered, repeats joined
+        assert resp.header("x-thing") == "One, two" and resp.header("content-length") == "7"
+        assert resp.header("thing") is None and resp.header("x-thin") is None
+        assert await resp.read(idle=5) == b'{"a":1}'
     assert server.connections == 1
     head, _, body = sent[0].partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -120,7 +138,7 @@ async def test_a_length_delimited_answer_reuses_its_connection(serve: Callable[.
     assert body == b'{"q":1}'
 
 
-async def test_a_chunked_answer_arrives_piece_by_piece(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_chunked_answer_arrives_piece_by_piece(serve: Serve, open_pool: OpenPool) -> None:
     go_on = asyncio.Event()
 
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
@@ -134,97 +152,78 @@ async def test_a_chunked_answer_arrives_piece_by_piece(serve: Callable[..., Awai
         await read_request(reader)
 
     server = await serve(reply)
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        resp = await pool.post("/v1/messages", b"{}", {}, first_byte=5)
-        assert resp.headers["content-type"] == "text/event-stream"
-        assert await resp.read_chunk(idle=5) == b"event:"  # before the rest was even written
-        go_on.set()
-        rest = b""
-        while chunk := await resp.read_chunk(idle=5):
-            rest += chunk
-        assert rest == b" a\n"
-        assert resp.at_eof
-        resp.release()
-        assert len(pool._idle) == 1  # read to its end: pooled
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    resp = await pool.post("/v1/messages", b"{}", {}, first_byte=5)
+    assert resp.headers["content-type"] == "text/event-stream"
+    assert await resp.read_chunk(idle=5) == b"event:"  # before the rest was even written
+    go_on.set()
+    rest = b""
+    while chunk := await resp.read_chunk(idle=5):
+        rest += chunk
+    assert rest == b" a\n"
+    assert resp.at_eof
+    resp.release()
+    assert len(pool._idle) == 1  # read to its end: pooled
 
 
-async def test_a_body_without_length_ends_with_the_connection(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_body_without_length_ends_with_the_connection(serve: Serve, open_pool: OpenPool) -> None:
     server = await serve(answer_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it"))
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        for _ in range(2):
-            resp = await pool.post("/", b"", {}, first_byte=5)
-            assert await resp.read(idle=5) == b"all of it"
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    for _ in range(2):
+        resp = await pool.post("/", b"", {}, first_byte=5)
+        assert await resp.read(idle=5) == b"all of it"
     assert server.connections == 2  # never pooled
 
 
-async def test_an_answer_cut_short_is_an_error(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_an_answer_cut_short_is_an_error(serve: Serve, open_pool: OpenPool) -> None:
     server = await serve(answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"))
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        assert await resp.read_chunk(idle=5) == b"only this"  # what came is delivered first
-        with pytest.raises(TransportError, match="closed the connection"):
-            await resp.read_chunk(idle=5)
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    assert await resp.read_chunk(idle=5) == b"only this"  # what came is delivered first
+    with pytest.raises(TransportError, match="closed the connection"):
+        await resp.read_chunk(idle=5)
 
 
-async def test_a_connection_the_server_dropped_while_idle_is_retried_once(
-        serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_connection_the_server_dropped_while_idle_is_retried_once(serve: Serve,
+                                                                          open_pool: OpenPool) -> None:
     # The first connection answers once, then closes when the second request comes, without a byte: the race
     # of a keep-alive timeout. The request goes again on a new connection.
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)
         writer.write(ok(b"first" if number == 0 else b"again"))
         await writer.drain()
-        if number == 0:
-            await read_request(reader)  # and close without answering
-        else:
-            await read_request(reader)
+        await read_request(reader)  # and close without answering the next request
 
     server = await serve(reply)
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        assert await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5) == b"first"
-        assert await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5) == b"again"
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    assert await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5) == b"first"
+    assert await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5) == b"again"
     assert server.connections == 2
 
 
-async def test_a_new_connection_closed_without_an_answer_is_not_retried(
-        serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_new_connection_closed_without_an_answer_is_not_retried(serve: Serve,
+                                                                         open_pool: OpenPool) -> None:
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)
 
     server = await serve(reply)
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        with pytest.raises(TransportError, match="closed the connection"):
-            await pool.post("/", b"", {}, first_byte=5)
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    with pytest.raises(TransportError, match="closed the connection"):
+        await pool.post("/", b"", {}, first_byte=5)
     assert server.connections == 1
 
 
-async def test_nobody_listening_is_an_error() -> None:
+async def test_nobody_listening_is_an_error(open_pool: OpenPool) -> None:
     probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
-    pool = Pool(f"http://127.0.0.1:{port}", connect_timeout=5)
+    pool = open_pool(f"http://127.0.0.1:{port}")
     with pytest.raises(TransportError, match="cannot connect"):
         await pool.post("/", b"", {}, first_byte=5)
-    pool.close()
 
 
-async def test_deadlines_for_the_head_and_for_each_silence(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_deadlines_for_the_head_and_for_each_silence(serve: Serve, open_pool: OpenPool) -> None:
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)
         if number == 1:
@@ -233,21 +232,18 @@ async def test_deadlines_for_the_head_and_for_each_silence(serve: Callable[..., 
         await asyncio.sleep(30)
 
     server = await serve(reply)
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        with pytest.raises(TransportTimeout):
-            await pool.post("/", b"", {}, first_byte=0.1)
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        assert await resp.read_chunk(idle=0.1) == b"half"
-        with pytest.raises(TransportTimeout):
-            await resp.read_chunk(idle=0.1)
-        resp.close()
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    with pytest.raises(TransportTimeout):
+        await pool.post("/", b"", {}, first_byte=0.1)
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    assert await resp.read_chunk(idle=0.1) == b"half"
+    with pytest.raises(TransportTimeout):
+        await resp.read_chunk(idle=0.1)
+    resp.close()
     assert server.connections == 2  # the timed-out connection was not reused
 
 
-async def test_a_cancelled_read_loses_nothing(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_cancelled_read_loses_nothing(serve: Serve, open_pool: OpenPool) -> None:
     go_on = asyncio.Event()
 
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
@@ -260,95 +256,76 @@ async def test_a_cancelled_read_loses_nothing(serve: Callable[..., Awaitable[Ser
         await asyncio.sleep(5)
 
     server = await serve(reply)
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await resp.read_chunk(idle=5)
-        go_on.set()
-        assert await resp.read(idle=5) == b"data"
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await resp.read_chunk(idle=5)
+    go_on.set()
+    assert await resp.read(idle=5) == b"data"
 
 
-async def test_a_slow_reader_pauses_the_socket(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_slow_reader_pauses_the_socket(serve: Serve, open_pool: OpenPool) -> None:
     body = bytes(range(256)) * 8192  # 2 MiB, far past the high-water mark
     server = await serve(keep_alive(ok(body)))
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        conn = resp._conn
-        assert conn is not None and conn.transport is not None
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if not conn.transport.is_reading():
-                break
-        assert not conn.transport.is_reading()
-        assert conn._buffered < len(body)
-        assert await resp.read(idle=5) == body
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    conn = resp._conn
+    assert conn is not None and conn.transport is not None
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if not conn.transport.is_reading():
+            break
+    assert not conn.transport.is_reading()
+    assert conn._buffered < len(body)
+    assert await resp.read(idle=5) == body
 
 
-async def test_idle_connections_are_closed_after_keepalive(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_idle_connections_are_closed_after_keepalive(serve: Serve, open_pool: OpenPool) -> None:
     server = await serve(keep_alive(ok(b"x")))
-    pool = Pool(server.url(), connect_timeout=5, keepalive=0.1)
-    try:
-        await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5)
-        conn = pool._idle[0]
-        await asyncio.sleep(0.3)
-        assert pool._idle == [] and conn.transport is None  # swept by the timer, socket closed
-        await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5)
-    finally:
-        pool.close()
+    pool = open_pool(server.url(), keepalive=0.1)
+    await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5)
+    conn = pool._idle[0]
+    await asyncio.sleep(0.3)
+    assert pool._idle == [] and conn.transport is None  # swept by the timer, socket closed
+    await (await pool.post("/", b"", {}, first_byte=5)).read(idle=5)
     assert server.connections == 2
 
 
-async def test_informational_answers_are_skipped(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_informational_answers_are_skipped(serve: Serve, open_pool: OpenPool) -> None:
     server = await serve(keep_alive(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + ok(b"real")))
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        assert resp.status == 200 and "link" not in resp.headers and resp.header("link") is None
-        assert resp.header("content-length") == "4"
-        assert await resp.read(idle=5) == b"real"
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    assert resp.status == 200 and "link" not in resp.headers and resp.header("link") is None
+    assert resp.header("content-length") == "4"
+    assert await resp.read(idle=5) == b"real"
 
 
-async def test_a_header_with_a_line_break_is_refused(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_header_with_a_line_break_is_refused(serve: Serve, open_pool: OpenPool) -> None:
     server = await serve(keep_alive(ok(b"x")))
-    pool = Pool(server.url(), connect_timeout=5)
-    try:
-        with pytest.raises(ValueError, match="line break"):
-            await pool.post("/", b"", {"x-a": "b\r\nx-admin: yes"}, first_byte=5)
-    finally:
-        pool.close()
+    pool = open_pool(server.url())
+    with pytest.raises(ValueError, match="line break"):
+        await pool.post("/", b"", {"x-a": "b\r\nx-admin: yes"}, first_byte=5)
     assert server.connections == 0
 
 
-async def test_https_with_a_certificate_from_the_trust_store(serve: Callable[..., Awaitable[Server]],
+async def test_https_with_a_certificate_from_the_trust_store(serve: Serve, open_pool: OpenPool,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
     server = await serve(keep_alive(ok(b"secret")), ssl_context=server_ctx)
 
-    untrusted = Pool(f"https://localhost:{server.port}", connect_timeout=5)
+    untrusted = open_pool(f"https://localhost:{server.port}")
     with pytest.raises(TransportError, match="SSLCertVerificationError"):
         await untrusted.post("/", b"", {}, first_byte=5)
-    untrusted.close()
 
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # what create_default_context reads as the trust store
-    pool = Pool(f"https://localhost:{server.port}", connect_timeout=5)
-    try:
-        resp = await pool.post("/", b"", {}, first_byte=5)
-        assert await resp.read(idle=5) == b"secret"
-    finally:
-        pool.close()
+    pool = open_pool(f"https://localhost:{server.port}")
+    resp = await pool.post("/", b"", {}, first_byte=5)
+    assert await resp.read(idle=5) == b"secret"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
