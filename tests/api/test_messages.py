@@ -65,6 +65,18 @@ def test_x_api_key_style_and_version_as_claude_code_sends(gateway: Gateway, upst
     assert got.headers["x-api-key"] == "upstream-secret"
 
 
+def test_hop_by_hop_headers_stay_at_the_gateway(gateway: Gateway, upstream: Upstream, secret: str) -> None:
+    tag = marker()
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": tag}]}
+    r = httpx.post(f"{gateway.url}/v1/messages", json=body, headers={
+        "x-api-key": secret, "expect": "100-continue", "connection": "keep-alive, X-Hop-Only", "x-hop-only": "1",
+        "x-end-to-end": "2", "te": "trailers"})
+    assert r.status_code == 200, r.text
+    got = upstream.fake.for_request_id(tag).headers
+    assert got["x-end-to-end"] == "2"
+    assert not {"expect", "x-hop-only", "te"} & {name.lower() for name in got}
+
+
 def test_missing_version_header_defaults(gateway: Gateway, upstream: Upstream, secret: str) -> None:
     tag = marker()
     body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": tag}]}

@@ -48,13 +48,17 @@ log = logging.getLogger("tollway.messages")
 
 DEFAULT_VERSION = "2023-06-01"
 _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Never forwarded: the hop's own framing, the client's credentials (the upstream gets its own key),
-# and accept-encoding, since Tollway must read the bytes it relays.
+# Never forwarded: the hop's own framing and handshakes (expect was answered here, and the body is read
+# whole before the upstream sees the request), the client's credentials (the upstream gets its own key),
+# and accept-encoding, since Tollway must read the bytes it relays. Headers the client's Connection header
+# names are this hop's too (RFC 9110, 7.6.1).
 DROPPED_HEADERS = frozenset({
     "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive",
-    "proxy-connection", "proxy-authorization", "te", "trailer", "upgrade", "authorization", "x-api-key",
-    "accept-encoding", "cookie",
+    "proxy-connection", "proxy-authorization", "te", "trailer", "upgrade", "expect", "authorization",
+    "x-api-key", "accept-encoding", "cookie",
 })
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+"""What nearly every client sends: Connection names no header then."""
 CLIENT_CLOSED = 499
 
 @dataclass(slots=True)
@@ -107,9 +111,13 @@ class Outcome:
 
 def forwarded_headers(request: web.Request) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name, value in request.headers.items():
+    headers = request.headers
+    connection = headers.get("connection")
+    dropped = DROPPED_HEADERS if connection is None or connection.lower() in _PLAIN_CONNECTION else \
+        DROPPED_HEADERS.union(token.strip().lower() for token in connection.split(","))
+    for name, value in headers.items():
         lower = name.lower()
-        if lower in DROPPED_HEADERS:
+        if lower in dropped:
             continue
         # A repeated header (anthropic-beta may be) travels as one comma-joined value.
         out[lower] = f"{out[lower]},{value}" if lower in out else value
