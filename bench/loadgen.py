@@ -1,7 +1,7 @@
 """Closed-loop load generator: `concurrency` workers share one ClientSession and a bounded request count.
 
 Each request is timed twice: to its first body byte (TTFB: the first SSE event of a stream) and to its last.
-`ttfb_pairs` times one target against another, request by request, to get what a hop adds to the first byte.
+`ttfb_rounds` times hops against one base, round by round, to get what each hop adds to the first byte.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Leg:
 
 @dataclass
 class PairedTtfb:
-    """Time to first byte of the same request sent to `base` and to `hop`, one after the other, `pairs` times."""
+    """Time to first byte of the same request sent to a base and to a hop in the same round, round by round."""
 
     base_ns: list[int] = field(default_factory=list)
     hop_ns: list[int] = field(default_factory=list)
@@ -192,33 +192,48 @@ class PairedTtfb:
     def added_ns(self) -> list[int]:
         return [h - b for b, h in zip(self.base_ns, self.hop_ns, strict=True)]
 
+    def failed(self, url: str, status: int, data: bytes) -> None:
+        self.errors += 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(f"{url}: {status} {data[:200]!r}")
 
-async def ttfb_pairs(
-    session: aiohttp.ClientSession, base: Leg, hop: Leg, stream: bool, pairs: int, time_limit: float
-) -> PairedTtfb:
-    """At concurrency 1, request i goes to both targets, in turns (base first on even i, hop first on odd i),
-    so that each pair shares the moment's machine load; a pair with a failure on either side is dropped."""
-    result = PairedTtfb()
+
+async def ttfb_rounds(
+    session: aiohttp.ClientSession, base: Leg, hops: dict[str, tuple[Leg, int]], stream: bool, time_limit: float
+) -> dict[str, PairedTtfb]:
+    """At concurrency 1, round i sends the same request to ``base`` and to every hop that has rounds left of its
+    quota (``hops``: name -> (leg, rounds)), one after the other. The order turns by one each round and runs
+    backwards every other turn, so that every hop follows and precedes each other leg as often: all hops share
+    each moment's machine load, with the base and with one another, and their tails can be compared within a
+    run. A failed hop drops its own pair of the round; a failed base drops the round's."""
+    results = {name: PairedTtfb() for name in hops}
     mode = "stream" if stream else "non-stream"
     deadline = time.perf_counter() + time_limit
-    for i in range(pairs):
+    for i in range(max((quota for _, quota in hops.values()), default=0)):
         if time.perf_counter() > deadline:
             break
-        order = (base, hop) if i % 2 == 0 else (hop, base)
-        seen: dict[int, int] = {}
-        for leg in order:
+        legs = [(None, base), *((name, leg) for name, (leg, quota) in hops.items() if i < quota)]
+        turn = i % len(legs)
+        order = legs[turn:] + legs[:turn]
+        if (i // len(legs)) % 2:
+            order.reverse()
+        seen: dict[str | None, int] = {}
+        for name, leg in order:
             t0 = time.perf_counter_ns()
             try:
                 status, data, first = await _one(session, leg.url, leg.workload.bodies[mode], leg.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status, data, first = -1, f"{type(exc).__name__}: {exc}".encode(), 0
             if status != 200 or (stream and leg.workload.stream_end not in data[-200:]):
-                result.errors += 1
-                if len(result.error_samples) < MAX_ERROR_SAMPLES:
-                    result.error_samples.append(f"{leg.url}: {status} {data[:200]!r}")
-                break
-            seen[id(leg)] = first - t0
-        else:
-            result.base_ns.append(seen[id(base)])
-            result.hop_ns.append(seen[id(hop)])
-    return result
+                for failed in results.values() if name is None else (results[name],):
+                    failed.failed(leg.url, status, data)
+                continue
+            seen[name] = first - t0
+        base_ns = seen.pop(None, None)
+        if base_ns is None:
+            continue
+        for name, ns in seen.items():
+            assert name is not None
+            results[name].base_ns.append(base_ns)
+            results[name].hop_ns.append(ns)
+    return results

@@ -320,15 +320,19 @@ targets = [{{ upstream = "fake" }}]
     )
 
 
+def src_env(repo: Path) -> dict[str, str]:
+    """This environment with ``repo``'s src first on the path: its Tollway is imported, installed or not."""
+    env = dict(os.environ)
+    return dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(repo / "src"), env.get("PYTHONPATH")) if p))
+
+
 def tollway_candidates(repo: Path, python: str) -> list[tuple[list[str], dict[str, str]]]:
     script = repo / ".venv" / "bin" / "tollway"
-    env = dict(os.environ)
     found: list[tuple[list[str], dict[str, str]]] = []
     if script.exists() and os.access(script, os.X_OK):
-        found.append(([str(script)], env))
-    # The module fallback also works from an uninstalled checkout, hence src on the path.
-    src_env = dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(repo / "src"), env.get("PYTHONPATH")) if p))
-    found.append(([python, "-m", "tollway"], src_env))
+        found.append(([str(script)], dict(os.environ)))
+    # The module fallback also works from an uninstalled checkout.
+    found.append(([python, "-m", "tollway"], src_env(repo)))
     return found
 
 

@@ -41,7 +41,7 @@ from loadgen import (
     openai_headers,
     percentile_ms,
     run_load,
-    ttfb_pairs,
+    ttfb_rounds,
 )
 from procs import (
     BENCH_REDIS,
@@ -58,6 +58,7 @@ from procs import (
     raise_interrupt,
     raise_nofile,
     reset_peak,
+    src_env,
     tollway_candidates,
     wait_http_ok,
     wait_tcp,
@@ -69,14 +70,17 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "latest.json"
 CHART = BENCH / "results" / "latest.png"
-TARGETS = ("direct", "relay", "tollway", "tollway-limited", "tollway-shared", "litellm", "direct-openai",
-           "tollway-openai")
+TARGETS = ("direct", "relay", "relay-tollway-client", "relay-raw", "tollway", "tollway-limited", "tollway-shared",
+           "litellm", "direct-openai", "tollway-openai")
 # tollway-shared: the tollway-limited row on PostgreSQL and Redis (what scale-out costs a replica); it is
 # skipped when they are not reachable at procs.BENCH_POSTGRES and procs.BENCH_REDIS.
 # litellm: LiteLLM's proxy in its own venv (bench/litellm_proxy.py); skipped if it cannot be installed or started.
+# relay-tollway-client (the bare relay on Tollway's upstream client) and relay-raw (raw_relay.py: no aiohttp at all)
+# are time-to-first-byte rows only: what the server and the client of a Python hop cost, apart.
 MODES = ("non-stream", "stream")
-TTFB_HOPS = ("relay", "tollway", "tollway-limited", "litellm")
+TTFB_HOPS = ("relay", "relay-tollway-client", "relay-raw", "tollway", "tollway-limited", "litellm")
 """The rows whose added time to first byte over `direct` is measured, request by request."""
+TTFB_ONLY = frozenset({"relay-tollway-client", "relay-raw"})
 
 
 @dataclass
@@ -146,17 +150,19 @@ def start_stack(args: argparse.Namespace, tmp: Path, servers: list[Server]) -> t
     if "direct-openai" in args.targets:
         url = f"{fake_url}/v1/chat/completions"
         targets.append(Target("direct-openai", url, openai_headers("bench"), fake, OPENAI_DIRECT))
-    if "relay" in args.targets:
+    relays = {"relay": ["bare_relay.py"], "relay-tollway-client": ["bare_relay.py", "--client", "tollway"],
+              "relay-raw": ["raw_relay.py"]}
+    for name, (script, *extra) in relays.items():
+        if name not in args.targets:
+            continue
         port = free_port()
-        relay = Server(
-            "bare-relay",
-            [py, str(BENCH / "bare_relay.py"), "--port", str(port), "--upstream", fake_url],
-            tmp / "relay.log",
-        )
+        argv = [py, str(BENCH / script), "--port", str(port), "--upstream", fake_url, *extra]
+        # The last two import Tollway's client: from this checkout's src whether or not it is installed.
+        relay = Server(f"bare-{name}", argv, tmp / f"{name}.log", src_env(REPO))
         servers.append(relay)
         relay.start()
         wait_tcp(relay, port)
-        targets.append(Target("relay", f"http://127.0.0.1:{port}/v1/messages", client_headers("bench"), relay))
+        targets.append(Target(name, f"http://127.0.0.1:{port}/v1/messages", client_headers("bench"), relay))
     gateway_targets, skipped = start_gateway(args, tmp, fake_port, servers, py)
     targets += gateway_targets
     if "tollway-shared" in args.targets:
@@ -319,6 +325,7 @@ async def measure(
     targets: list[Target], fake: Server, args: argparse.Namespace
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     cells: list[dict[str, Any]] = []
+    ttfb_targets, targets = targets, [t for t in targets if t.name not in TTFB_ONLY]
     async with new_session(max(args.concurrency) * 2) as session:
         # Mode and concurrency outermost, so the rows being compared run minutes apart, not tens of minutes.
         for mode in MODES:
@@ -352,34 +359,33 @@ async def measure(
                         f"peak {cell['peak_rss_mb']} MB",
                         flush=True,
                     )
-        ttfb = await measure_ttfb(session, targets, args)
+        ttfb = await measure_ttfb(session, ttfb_targets, args)
     return cells, ttfb
 
 
 async def measure_ttfb(session: Any, targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
-    """What each hop adds to the first byte of a stream at c=1: every request sent to `direct` and to the hop
-    one after the other (turns alternating), the difference taken per pair. p99 of the differences is the
-    figure; p99 of the hop's TTFB minus p99 of direct's is given too."""
+    """What each hop adds to the first byte of a stream at c=1: round after round, the same request goes to
+    `direct` and to every hop, one after the other in a turning order (`ttfb_rounds`), and each hop's time is
+    taken less direct's of the same round. p99 of these differences is the figure; p99 of the hop's TTFB minus
+    p99 of direct's is given too. A hop with a ``share`` below 1 (LiteLLM) takes part in that share of rounds."""
     by_name = {t.name: t for t in targets}
     direct = by_name.get("direct")
-    found: dict[str, Any] = {}
     if direct is None:
-        return found
+        return {}
     base = Leg(direct.url, direct.headers, direct.workload)
-    for name in TTFB_HOPS:
-        hop = by_name.get(name)
-        if hop is None:
-            continue
-        leg = Leg(hop.url, hop.headers, hop.workload)
-        await ttfb_pairs(session, base, leg, True, 50, args.cell_timeout)  # warm-up
-        pairs = max(20, round(args.ttfb_pairs * hop.share))
-        res = await ttfb_pairs(session, base, leg, True, pairs, args.cell_timeout)
+    hops = {name: (Leg(t.url, t.headers, t.workload), max(20, round(args.ttfb_pairs * t.share)))
+            for name in TTFB_HOPS if (t := by_name.get(name)) is not None}
+    await ttfb_rounds(session, base, {name: (leg, 50) for name, (leg, _) in hops.items()}, True,
+                      args.cell_timeout)  # warm-up
+    found: dict[str, Any] = {}
+    for name, res in (await ttfb_rounds(session, base, hops, True, args.cell_timeout)).items():
         added = res.added_ns()
         hop_p99, base_p99 = percentile_ms(res.hop_ns, 0.99), percentile_ms(res.base_ns, 0.99)
         found[name] = {
             "pairs": len(added),
             "errors": res.errors,
             "added_p50_ms": _ms(percentile_ms(added, 0.50)),
+            "added_p90_ms": _ms(percentile_ms(added, 0.90)),
             "added_p99_ms": _ms(percentile_ms(added, 0.99)),
             "ttfb_p50_ms": _ms(percentile_ms(res.hop_ns, 0.50)),
             "ttfb_p99_ms": _ms(hop_p99),
@@ -390,8 +396,8 @@ async def measure_ttfb(session: Any, targets: list[Target], args: argparse.Names
             "error_samples": res.error_samples,
         }
         row = found[name]
-        print(f"  ttfb {name:15} added p50 {row['added_p50_ms']} ms  p99 {row['added_p99_ms']} ms  "
-              f"({row['pairs']} pairs, {row['errors']} errors)", flush=True)
+        print(f"  ttfb {name:20} added p50 {row['added_p50_ms']} ms  p90 {row['added_p90_ms']} ms  "
+              f"p99 {row['added_p99_ms']} ms  ({row['pairs']} pairs, {row['errors']} errors)", flush=True)
     return found
 
 
