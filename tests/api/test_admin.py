@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Gateway, Upstream, gateway_config
 from tollway.cli import main as cli_main
-from tollway.config import AdminConfig
+from tollway.config import AdminConfig, LimitsConfig
 from tollway.usage_report import usage_csv, usage_records
 
 TOKEN = "adm-" + secrets.token_hex(16)
@@ -27,11 +27,12 @@ MODEL = "claude-sonnet-4-6"
 MESSAGE = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def admin_gateway(upstream: Upstream, db: Path) -> Gateway:
+def admin_gateway(upstream: Upstream, db: Path, limits: LimitsConfig | None = None) -> Gateway:
     config = gateway_config(upstream.url, db)
     # No background reload within a test: whatever the admin API changes must apply through its own reload.
     storage = dataclasses.replace(config.storage, key_refresh_interval=600)
-    return Gateway(dataclasses.replace(config, storage=storage, admin=AdminConfig(token=TOKEN)))
+    return Gateway(dataclasses.replace(config, storage=storage, admin=AdminConfig(token=TOKEN),
+                                       limits=limits or config.limits))
 
 
 @pytest.fixture(scope="module")

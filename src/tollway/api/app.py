@@ -16,6 +16,7 @@ from tollway.accounting.keys import KeyCache
 from tollway.accounting.ledger import UsageLedger
 from tollway.accounting.wallet import SeedSource
 from tollway.api.admin import mount_admin
+from tollway.api.admin.auth import FailedAttempts
 from tollway.api.context import SERVICES, Services
 from tollway.api.dashboard import dashboard_app
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
@@ -67,7 +68,13 @@ def create_app(config: Config, worker: WorkerSlot | None = None) -> web.Applicat
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(worker))
-    mount_admin(app, config, beside={"/dashboard": dashboard_app})
+    limits = config.limits
+
+    def dashboard(digest: bytes, attempts: FailedAttempts) -> web.Application:
+        return dashboard_app(digest, attempts, redis_url=limits.url, redis_prefix=limits.prefix,
+                             redis_timeout=limits.timeout)
+
+    mount_admin(app, config, beside={"/dashboard": dashboard})
     app.cleanup_ctx.append(_lifespan(config))
     if worker is not None:  # after the services exist; stopped before they are
         app.cleanup_ctx.append(publisher(worker, lambda: list(collect(app[SERVICES]))))

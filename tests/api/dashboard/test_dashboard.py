@@ -5,6 +5,7 @@ make, and where it is served."""
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 from tests.api.dashboard.client import Operator, field
 from tests.api.test_admin import TOKEN, admin_gateway
 from tests.api.test_admin_listener import TwoSites
-from tests.conftest import Gateway, Upstream
+from tests.conftest import REDIS_URL, Gateway, Upstream, delete_prefix, redis_problem
 from tollway.api.admin.auth import BURST
+from tollway.config import LimitsConfig
 from tollway.store import UsageRecord
 
 MODEL = "claude-sonnet-4-6"
@@ -293,3 +295,29 @@ def test_the_login_page_warns_when_the_secure_cookie_cannot_stick(gw: Gateway) -
     assert warning in anonymous.get("/dashboard/login", headers={"host": "10.1.2.3:8080"}).text
     assert warning not in anonymous.get("/dashboard/login", headers={"host": "gw.example",
                                                                      "x-forwarded-proto": "https"}).text
+
+
+def test_a_logout_holds_on_every_replica_sharing_redis(upstream: Upstream, tmp_path: Path) -> None:
+    problem = redis_problem()
+    if problem:
+        pytest.fail(problem)
+    prefix = f"tollway-test-dash-{secrets.token_hex(4)}:"
+    limits = LimitsConfig(url=REDIS_URL, prefix=prefix)
+    one, two = (admin_gateway(upstream, tmp_path / "tollway.db", limits) for _ in range(2))
+    try:
+        op = Operator(one.url)
+        op.login(TOKEN)
+        cookie = op.cookies["tollway_session"]
+        elsewhere = Operator(two.url)
+        elsewhere.cookies["tollway_session"] = cookie
+        assert elsewhere.get("/dashboard/keys").status_code == 200  # one signing key: a session on every replica
+        assert op.post("/dashboard/logout", {"csrf": op.csrf()}).status_code == 303
+        # The cookie, kept by someone, opens no page on the other replica either.
+        r = elsewhere.get("/dashboard/keys")
+        assert r.status_code == 303 and r.headers["location"] == "/dashboard/login"
+        elsewhere.close()
+        op.close()
+    finally:
+        one.server.close()
+        two.server.close()
+        delete_prefix(REDIS_URL, prefix)

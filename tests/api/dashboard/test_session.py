@@ -4,10 +4,14 @@ admin token; and the charts' axes."""
 from __future__ import annotations
 
 import re
+import socket
+
+import pytest
 
 from tollway.api.dashboard.charts import Series, bar_chart, nice_ticks
-from tollway.api.dashboard.session import Sessions
+from tollway.api.dashboard.session import Sessions, SharedLogouts
 from tollway.config import admin_token_digest
+from tollway.limits.redis import connect
 
 
 class Clock:
@@ -71,3 +75,24 @@ def test_a_chart_carries_its_figures_and_escapes_its_labels() -> None:
     assert [m for m in re.findall(r'data-series="(\w+)" data-label="[^"]*" data-value="(\d+)"', svg)] == [
         ("ok", "3"), ("errors", "1"), ("errors", "2")]
     assert "<b>" not in svg and "&lt;b&gt;" in svg
+
+
+async def test_with_redis_away_a_process_still_knows_its_own_logouts(caplog: pytest.LogCaptureFixture) -> None:
+    # A port nothing listens on: Redis is away, not misconfigured.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shared = SharedLogouts(connect(f"redis://127.0.0.1:{port}/0", timeout=0.5), "tollway-test:", owns_client=True)
+    sessions = Sessions(admin_token_digest("a" * 20), shared=shared)
+    other = Sessions(admin_token_digest("a" * 20), shared=shared)
+    try:
+        first, first_cookie = sessions.start()
+        second, second_cookie = sessions.start()
+        assert await sessions.find(first_cookie) == first  # the door stays open to a live session
+        await sessions.log_out(first)
+        assert await sessions.find(first_cookie) is None and await sessions.find(second_cookie) == second
+        # Another process cannot learn of it until Redis is back: it says so.
+        assert await other.find(first_cookie) == first
+        assert "could not reach Redis" in caplog.text and "cannot ask Redis for logouts" in caplog.text
+    finally:
+        await shared.close()

@@ -56,7 +56,7 @@ def _login_page(request: web.Request, status: int = 200, error: str | None = Non
 
 @routes.get("/login")
 async def login_form(request: web.Request) -> web.Response:
-    if request.app[SESSIONS].check(request.cookies.get(COOKIE)) is not None:
+    if await request.app[SESSIONS].find(request.cookies.get(COOKIE)) is not None:
         return redirect(f"{BASE}/")
     return _login_page(request)
 
@@ -83,7 +83,7 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
-    request.app[SESSIONS].end(request[SESSION])
+    await request.app[SESSIONS].log_out(request[SESSION])
     response = redirect(f"{BASE}/login")
     response.del_cookie(COOKIE, path=BASE)
     return response
@@ -106,7 +106,7 @@ def door() -> Middleware:
                 raise PermissionDenied("This form was sent from another site.")
             if request.match_info.handler in OPEN or request.path == f"{BASE}/static/dashboard.css":
                 return await handler(request)
-            session = request.app[SESSIONS].check(request.cookies.get(COOKIE))
+            session = await request.app[SESSIONS].find(request.cookies.get(COOKIE))
             if session is None:
                 return redirect(f"{BASE}/login")
             request[SESSION] = session
