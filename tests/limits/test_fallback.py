@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tests.limits.conftest import Clock
+from tests.support.pipe import pipe
 from tollway.limits import Decision, MemoryLimiter, Quota, Take
 from tollway.limits.fallback import FallbackLimiter
 from tollway.limits.redis import RedisLimiter
@@ -54,17 +55,6 @@ class Proxy:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers += [writer, up_writer]
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except OSError:
-                pass
-            finally:
-                sink.close()
-
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 

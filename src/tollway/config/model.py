@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import InitVar, dataclass, field
 
+from tollway.config.proxy import Proxy
 from tollway.protocol.catalog import Prices
 from tollway.upstream_options import OpenAIOptions
 
@@ -108,6 +109,8 @@ class UpstreamConfig:
     timeout_idle: float = 300.0
     max_concurrency: int | None = None
     """Requests in flight to this upstream at most; past it, other targets are tried."""
+    proxy: Proxy | None = None
+    """The HTTP proxy it is reached through (its ``proxy`` setting, else the environment's); None: directly."""
     openai: OpenAIOptions | None = None
     """For ``kind = "openai"``: the switches for that server family."""
 

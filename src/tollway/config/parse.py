@@ -34,6 +34,7 @@ from tollway.config.model import (
     UpstreamConfig,
     storage_url_problem,
 )
+from tollway.config.proxy import proxy_for
 from tollway.config.reader import Reader
 from tollway.errors import ConfigError
 from tollway.protocol.catalog import SEED_MODELS, Prices
@@ -44,8 +45,12 @@ def default_config(environ: Mapping[str, str]) -> Config:
     """The embedded defaults: every seed model to Anthropic when a key is set, else to the mock."""
     key = environ.get("ANTHROPIC_API_KEY", "")
     if key:
+        try:
+            proxy = proxy_for(DEFAULT_ANTHROPIC_URL, None, environ)
+        except ValueError as exc:
+            raise ConfigError(f"the environment's proxy (HTTPS_PROXY and the like): {exc}") from None
         upstream = UpstreamConfig(name="anthropic", kind="anthropic", base_url=DEFAULT_ANTHROPIC_URL,
-                                  api_keys=(key,))
+                                  api_keys=(key,), proxy=proxy)
     else:
         upstream = UpstreamConfig(name="mock", kind="mock")
     models = tuple(ModelConfig(name=m.id, targets=(TargetConfig(upstream=upstream.name),)) for m in SEED_MODELS)
@@ -184,7 +189,8 @@ _OPENAI_SWITCHES: dict[str, tuple[str, ...] | None] = {
 
 
 def _parse_upstream(u: Reader) -> UpstreamConfig:
-    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "max_concurrency", "family", *_OPENAI_SWITCHES})
+    u.check_keys({"name", "kind", "base_url", "api_keys", "timeout", "max_concurrency", "proxy", "family",
+                  *_OPENAI_SWITCHES})
     kind = u.string("kind")
     if kind not in UPSTREAM_KINDS:
         raise u.fail("kind", f"must be one of {', '.join(UPSTREAM_KINDS)} (got {kind!r})")
@@ -208,6 +214,15 @@ def _parse_upstream(u: Reader) -> UpstreamConfig:
                 raise u.fail(key, 'only applies to kind = "openai"')
     t = u.table("timeout")
     t.check_keys({"connect", "first_byte", "idle"})
+    proxy = None
+    if kind != "mock":
+        setting = u.optional_string("proxy")
+        try:
+            proxy = proxy_for(base_url, setting, u.env)
+        except ValueError as exc:
+            # Not the URL itself in the message: it may carry a password.
+            where = "proxy" if setting and setting != "direct" else "the environment's proxy (HTTPS_PROXY and the like)"
+            raise u.fail("proxy", f"{where}: {exc}") from None
     return UpstreamConfig(
         name=u.string("name"),
         kind=kind,
@@ -217,6 +232,7 @@ def _parse_upstream(u: Reader) -> UpstreamConfig:
         timeout_first_byte=t.number("first_byte", 600.0, minimum=0.001),
         timeout_idle=t.number("idle", 300.0, minimum=0.001),
         max_concurrency=u.integer("max_concurrency", None, minimum=1) if "max_concurrency" in u.data else None,
+        proxy=proxy,
         openai=openai,
     )
 

@@ -15,7 +15,7 @@ class HTTPProvider(Provider):
     _pool: Pool | None = None
 
     async def start(self) -> None:
-        self._pool = Pool(self.config.base_url, connect_timeout=self.config.timeout_connect)
+        self._pool = Pool(self.config.base_url, connect_timeout=self.config.timeout_connect, proxy=self.config.proxy)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -2,8 +2,8 @@
 
 Why not aiohttp's client, which Tollway used before: callgrind counts about 300,000 instructions a request for
 a ``ClientSession.post`` and its reads, half of everything a bare aiohttp relay does per request (see the
-README's benchmark section). An upstream call needs little of what that pays for (cookies, redirects, proxies,
-tracing, auth, per-request options): one method, bodies already in bytes, a few known hosts. Parsing, the part
+README's benchmark section). An upstream call needs little of what that pays for (cookies, redirects, tracing,
+auth, per-request options): one method, bodies already in bytes, a few known hosts. Parsing, the part
 worth a library, is llhttp's, through httptools (the parser uvicorn uses).
 
 What it does: connections kept per upstream and reused newest first, closed after ``keepalive`` seconds idle;
@@ -11,7 +11,8 @@ TLS with the system's CA store; ``Content-Length``, chunked and read-to-close bo
 than ``_HIGH_WATER`` bytes wait for a slow reader; a deadline for the status line and one for each silence in
 the body. A request on a reused connection that the server closed before answering a byte is sent once more on
 a new one: the server closing an idle connection just as a request leaves is the usual cause (uvicorn, behind
-vLLM and most OpenAI-compatible servers, closes idle ones after 5 s), and the SDKs would resend it anyway.
+vLLM and most OpenAI-compatible servers, closes idle ones after 5 s), and the SDKs would resend it anyway. With
+a proxy, each connection is a CONNECT tunnel through it (`tollway.providers.proxy`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from tollway.config.proxy import Proxy
+from tollway.providers.proxy import ProxyError, open_tunnel
 
 # A slow reader pauses the upstream socket past this much unread body; reading resumes once it has taken it.
 _HIGH_WATER = 256 * 1024
@@ -280,7 +284,8 @@ class Pool:
     """Keep-alive connections to one upstream (scheme, host and port of ``base_url``); paths are appended to
     ``base_url``'s own path."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float, keepalive: float = 15.0) -> None:
+    def __init__(self, base_url: str, *, connect_timeout: float, keepalive: float = 15.0,
+                 proxy: Proxy | None = None) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -296,6 +301,7 @@ class Pool:
             self._ssl.set_alpn_protocols(["http/1.1"])
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
+        self._proxy = proxy
         self._idle: list[_Connection] = []
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
@@ -359,11 +365,16 @@ class Pool:
         timeout = min(self._connect_timeout, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(timeout):
+                if self._proxy is not None:
+                    return await open_tunnel(loop, self._proxy, self._host, self._port, lambda: _Connection(loop),
+                                             self._ssl)
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None)
         except TimeoutError:
             raise TransportTimeout(f"no connection within {timeout:g} s") from None
+        except ProxyError as exc:
+            raise TransportError(str(exc)) from None
         except (OSError, ssl.SSLError) as exc:  # refused, unreachable, DNS, certificate
             raise TransportError(f"cannot connect ({type(exc).__name__}: {exc})") from None
         return conn

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,107 +13,8 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.providers.transport.servers import OpenPool, Serve, answer_once, keep_alive, ok, read_request
 from tollway.providers.transport import Pool, TransportError, TransportTimeout
-
-Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-"""Serves one connection: the reader, the writer, and the connection's number (0 for the first)."""
-
-
-@dataclass
-class Server:
-    port: int
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-
-    def url(self, scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}"
-
-
-Serve = Callable[..., Awaitable[Server]]
-"""Starts a `Server` answering with a `Reply` (the ``serve`` fixture)."""
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes | None:
-    """One request (head and Content-Length body); None if the client closed first."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    return head + await reader.readexactly(length)
-
-
-def ok(body: bytes, *extra: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), b"".join(e + b"\r\n" for e in extra),
-                                                                   body)
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    servers: list[asyncio.Server] = []
-
-    async def start(reply: Reply, ssl_context: ssl.SSLContext | None = None) -> Server:
-        state = Server(port=0)
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            number = state.connections
-            state.connections += 1
-            try:
-                await reply(reader, writer, number)
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
-        servers.append(server)
-        state.port = server.sockets[0].getsockname()[1]
-        return state
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-
-
-OpenPool = Callable[..., Pool]
-"""Makes a pool (the arguments of `Pool`) that is closed when the test ends."""
-
-
-@pytest.fixture
-def open_pool() -> Iterator[OpenPool]:
-    pools: list[Pool] = []
-
-    def make(base_url: str, **options: float) -> Pool:
-        pools.append(Pool(base_url, **{"connect_timeout": 5, **options}))
-        return pools[-1]
-
-    yield make
-    for pool in pools:
-        pool.close()
-
-
-def keep_alive(*answers: bytes, requests: list[bytes] | None = None) -> Reply:
-    """Answers each request on a connection with the next of ``answers`` (the last one repeated)."""
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        n = 0
-        while (request := await read_request(reader)) is not None:
-            if requests is not None:
-                requests.append(request)
-            writer.write(answers[min(n, len(answers) - 1)])
-            await writer.drain()
-            n += 1
-    return reply
-
-
-def answer_once(data: bytes) -> Reply:
-    """Answers the first request on each connection with ``data``, then closes the connection."""
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(data)
-        await writer.drain()
-    return reply
 
 
 async def test_a_length_delimited_answer_reuses_its_connection(serve: Serve, open_pool: OpenPool) -> None:
