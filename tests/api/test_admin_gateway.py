@@ -3,6 +3,7 @@ effective config with every secret masked, and failed token attempts rate limite
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -121,7 +122,8 @@ def test_upstreams_show_what_healthz_shows(gw: Gateway, admin: httpx.Client) -> 
 # -- the config ------------------------------------------------------------------------------------------------------
 
 SECRETS = {"UPSTREAM-KEY-ONE", "UPSTREAM-KEY-TWO", "URL-PASSWORD", "URL-QUERY-KEY", "PG-PASSWORD", "PG-QUERY-PASS",
-           "REDIS-PASSWORD", "TOKEN-IN-USER-PART", "ADMIN-TOKEN-0123456789"}
+           "REDIS-PASSWORD", "TOKEN-IN-USER-PART", "ADMIN-TOKEN-0123456789", "PROXY-PASSWORD",
+           base64.b64encode(b"relay:PROXY-PASSWORD").decode()}
 
 
 def secret_config() -> Config:
@@ -132,7 +134,8 @@ def secret_config() -> Config:
         "limits": {"url": "redis://:REDIS-PASSWORD@cache.internal:6379/0"},
         "admin": {"token": "${ADMIN_TOKEN}", "host": "10.0.0.5", "port": 9090},
         "upstreams": [
-            {"name": "a", "kind": "anthropic", "api_keys": ["${KEY_ONE}", "UPSTREAM-KEY-TWO"]},
+            {"name": "a", "kind": "anthropic", "api_keys": ["${KEY_ONE}", "UPSTREAM-KEY-TWO"],
+             "proxy": "http://relay:PROXY-PASSWORD@proxy.internal:3128"},
             {"name": "o", "kind": "openai", "base_url": "https://me:URL-PASSWORD@llm.example/v1?api_key=URL-QUERY-KEY",
              "api_keys": ["UPSTREAM-KEY-ONE"], "family": "deepseek"},
             {"name": "t", "kind": "openai", "base_url": "https://TOKEN-IN-USER-PART@llm.example/v1"},
@@ -158,6 +161,7 @@ def test_the_config_view_masks_every_secret() -> None:
     assert view["admin"] == {"token_sha256": MASK, "host": "10.0.0.5", "port": 9090}
     a, o, t = view["upstreams"]
     assert a["api_keys"] == [MASK, MASK] and o["api_keys"] == [MASK] and t["api_keys"] == []
+    assert a["proxy"] == {"host": "proxy.internal", "port": 3128, "authorization": MASK} and o["proxy"] is None
     assert o["base_url"] == f"https://me:{MASK}@llm.example/v1?api_key={MASK}"
     assert t["base_url"] == f"https://{MASK}@llm.example/v1"
     assert o["openai"]["family"] == "deepseek"
@@ -212,7 +216,8 @@ def test_every_config_field_has_been_looked_at_for_secrets() -> None:
         "StorageConfig.pool_size", "StorageConfig.max_overflow",
         "UpstreamConfig.name", "UpstreamConfig.kind", "UpstreamConfig.base_url", "UpstreamConfig.api_keys",
         "UpstreamConfig.timeout_connect", "UpstreamConfig.timeout_first_byte", "UpstreamConfig.timeout_idle",
-        "UpstreamConfig.max_concurrency", "UpstreamConfig.openai",
+        "UpstreamConfig.max_concurrency", "UpstreamConfig.openai", "UpstreamConfig.proxy",
+        "Proxy.host", "Proxy.port", "Proxy.authorization",
         "OpenAIOptions.family", "OpenAIOptions.max_tokens_field", "OpenAIOptions.max_output_tokens",
         "OpenAIOptions.reasoning_field", "OpenAIOptions.reasoning_request", "OpenAIOptions.schema_cleaning",
         "OpenAIOptions.send_top_k", "OpenAIOptions.max_stop_sequences",
