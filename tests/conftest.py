@@ -7,7 +7,7 @@ import functools
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.loop_thread import AppServer
 from tollway.accounting.keys import new_key
-from tollway.api.app import create_app
+from tollway.api.app import create_app, front_site
 from tollway.api.context import SERVICES
 from tollway.config import Config, parse_config
 from tollway.store import AccountRecord, Budget, SQLStore, UsageRecord, open_store
@@ -44,10 +44,13 @@ class Upstream:
 class Gateway:
     """A real Tollway on a loopback port, with helpers that reach into its store from its own loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
         self.config = config
         self.app = create_app(config)
-        self.server = AppServer(self.app, "tollway")
+        # Its client port as `tollway serve` makes it: the front, handing what is not its own to aiohttp.
+        self.server = AppServer(self.app, "tollway", loop_factory=loop_factory,
+                                site=lambda runner: front_site(runner, config, "127.0.0.1", 0, grace=5.0))
         self.url = self.server.url
 
     @property

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from tollway.accounting.keys import new_account, new_key
-from tollway.api.app import create_app
+from tollway.api.app import create_app, front_site
 from tollway.api.worker_metrics import WorkerSlot
 from tollway.config import Config
 from tollway.errors import ConfigError
@@ -142,12 +142,28 @@ def _admin_socket(config: Config) -> socket.socket | None:
 
 def _run(config: Config, reuse_port: bool = False, admin_sock: socket.socket | None = None,
          worker: WorkerSlot | None = None) -> None:
+    asyncio.run(_serve(config, reuse_port, admin_sock, worker))
+
+
+async def _serve(config: Config, reuse_port: bool, admin_sock: socket.socket | None, worker: WorkerSlot | None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: new connections refused, requests under way given
+    ``shutdown_timeout`` to finish, the usage written."""
     server = config.server
-    # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call. The
-    # admin socket, when there is one, is a second site of the same app, on the same loop.
-    web.run_app(create_app(config, worker), host=server.host, port=server.port, sock=admin_sock,
-                shutdown_timeout=server.shutdown_timeout, handler_cancellation=True, access_log=None, print=None,
-                reuse_port=reuse_port)
+    # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream call.
+    runner = web.AppRunner(create_app(config, worker), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=server.shutdown_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await front_site(runner, config, server.host, server.port, reuse_port=reuse_port).start()
+        if admin_sock is not None:  # the admin API's own port: a second site of the same app, on the same loop
+            await web.SockSite(runner, admin_sock).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 class Workers:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -17,8 +17,9 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str, loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+                 ) -> None:
+        self.loop = loop_factory()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
@@ -36,20 +37,21 @@ class AppServer:
     """An aiohttp app served on 127.0.0.1 with an ephemeral port."""
 
     def __init__(self, app: web.Application, name: str, *, handler_cancellation: bool = True,
-                 shutdown_timeout: float = 5.0) -> None:
-        self.thread = LoopThread(name)
+                 shutdown_timeout: float = 5.0, site: Callable[[web.AppRunner], web.TCPSite] | None = None,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
+        """``site``: makes the listening site on 127.0.0.1, port 0, after the runner is set up (default a
+        plain aiohttp one)."""
+        self.thread = LoopThread(name, loop_factory)
         self.app = app
         self.runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None,
                                     shutdown_timeout=shutdown_timeout)
-        self.port = self.thread.run(self._start())
+        self.port = self.thread.run(self._start(site))
 
-    async def _start(self) -> int:
+    async def _start(self, make: Callable[[web.AppRunner], web.TCPSite] | None) -> int:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0) if make is None else make(self.runner)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
+        return site.port  # the port bound
 
     @property
     def url(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -20,7 +20,9 @@ from tollway.api.admin.auth import FailedAttempts
 from tollway.api.context import SERVICES, Services
 from tollway.api.dashboard import dashboard_app
 from tollway.api.errors import REQUEST_IDS, RequestIds, error_middleware
-from tollway.api.messages import handle_count_tokens, handle_messages
+from tollway.api.exchange import Exchange
+from tollway.api.front import FrontSite
+from tollway.api.messages import handle_count_tokens, handle_messages, serve
 from tollway.api.metrics import collect, metrics_handler
 from tollway.api.models import get_model, list_models
 from tollway.api.worker_metrics import WorkerSlot, publisher
@@ -79,6 +81,21 @@ def create_app(config: Config, worker: WorkerSlot | None = None) -> web.Applicat
     if worker is not None:  # after the services exist; stopped before they are
         app.cleanup_ctx.append(publisher(worker, lambda: list(collect(app[SERVICES]))))
     return app
+
+
+def front_site(runner: web.AppRunner, config: Config, host: str | None, port: int | None, *,
+               reuse_port: bool | None = None, grace: float | None = None) -> FrontSite:
+    """The client port: ``/v1/messages`` and count_tokens served by Tollway's front, the rest handed to aiohttp
+    (`tollway.api.front`). After ``runner.setup()``, which has made the services. ``grace``: seconds a stop waits
+    for requests under way (default ``server.shutdown_timeout``)."""
+    app = runner.app
+    services = app[SERVICES]
+
+    def handle(ex: Exchange, endpoint: str) -> Awaitable[None]:
+        return serve(ex, services, endpoint)
+
+    return FrontSite(runner, handle, app[REQUEST_IDS], config.server.max_body_bytes, host, port,
+                     reuse_port=reuse_port, shutdown_timeout=config.server.shutdown_timeout if grace is None else grace)
 
 
 def _limiter(config: Config) -> Limiter:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Mapping
 
 from tollway.accounting.keys import KeyCache
 from tollway.errors import AuthenticationFailed
 from tollway.store import KeyRecord
 
 
-async def authenticate(request: web.Request, keys: KeyCache) -> KeyRecord:
-    secret = request.headers.get("x-api-key")
+async def authenticate(headers: Mapping[str, str], keys: KeyCache) -> KeyRecord:
+    """``headers``: looked up without regard to case."""
+    secret = headers.get("x-api-key")
     bearer = False
     if not secret:
-        authorization = request.headers.get("authorization", "")
+        authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             secret, bearer = token.strip(), True

@@ -51,14 +51,30 @@ def error_payload(error_type: str, message: str, request_id: str) -> dict[str, o
     return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
 
 
-def error_response(exc: TollwayError, request_id: str) -> web.Response:
+def error_parts(exc: TollwayError, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer an error gets, on whichever server."""
     headers = {"request-id": request_id, "content-type": "application/json"}
     # Errors the client caused will fail the same way again; saying so stops SDK retries.
     if exc.status < 500 and exc.status not in (408, 409, 429):
         headers["x-should-retry"] = "false"
     headers.update(exc.headers)
-    body = orjson.dumps(error_payload(exc.error_type, exc.message, request_id))
-    return web.Response(status=exc.status, body=body, headers=headers)
+    return exc.status, headers, orjson.dumps(error_payload(exc.error_type, exc.message, request_id))
+
+
+def error_response(exc: TollwayError, request_id: str) -> web.Response:
+    status, headers, body = error_parts(exc, request_id)
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def failure(exc: Exception, request_id: str, what: str) -> TollwayError:
+    """What an exception out of a handler is for the client: itself if it is one of the tree, else (a bug,
+    logged here with its traceback, ``what`` naming the request) an ``api_error`` that reveals nothing."""
+    if isinstance(exc, TollwayError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return from_http_exception(exc)
+    log.error("unhandled error in %s (request-id %s)", what, request_id, exc_info=exc)
+    return InternalError("Internal server error")
 
 
 def from_http_exception(exc: web.HTTPException) -> TollwayError:
@@ -79,17 +95,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
-    except TollwayError as exc:
-        return error_response(exc, request_id)
-    except web.HTTPException as exc:
-        return error_response(from_http_exception(exc), request_id)
-    except Exception:
-        log.exception("unhandled error in %s %s (request-id %s)", request.method, request.path, request_id)
+    except Exception as exc:
+        error = failure(exc, request_id, f"{request.method} {request.path}")
         if request.get(STREAM_STARTED):
             # The status line and part of a stream are out: a second response would corrupt it, so the
             # connection is dropped instead.
             raise
-        return error_response(InternalError("Internal server error"), request_id)
+        return error_response(error, request_id)
     if not response.prepared:
         response.headers["request-id"] = request_id
     return response

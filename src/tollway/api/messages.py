@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +23,12 @@ from tollway.accounting.pricing import cost_nanousd
 from tollway.accounting.wallet import Hold
 from tollway.api.auth import authenticate
 from tollway.api.context import SERVICES, Services
-from tollway.api.errors import REQUEST_ID, STREAM_STARTED, error_payload
+from tollway.api.errors import error_payload
+from tollway.api.exchange import AiohttpExchange, Exchange
 from tollway.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
-    RequestTooLarge,
     TollwayError,
     UpstreamError,
 )
@@ -109,9 +110,8 @@ class Outcome:
         )
 
 
-def forwarded_headers(request: web.Request) -> dict[str, str]:
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    headers = request.headers
     connection = headers.get("connection")
     dropped = DROPPED_HEADERS if connection is None or connection.lower() in _PLAIN_CONNECTION else \
         DROPPED_HEADERS.union(token.strip().lower() for token in connection.split(","))
@@ -129,27 +129,21 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
     return out
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge("Request exceeds the maximum allowed number of bytes.")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        # A chunked or compressed body gives no length up front; aiohttp stops it at the limit.
-        raise RequestTooLarge("Request exceeds the maximum allowed number of bytes.") from None
+async def read_json(ex: Exchange, limit: int) -> tuple[bytes, Any]:
+    body = await ex.read(limit)
     try:
         return body, orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
 
 
-async def admit(request: web.Request, services: Services, outcome: Outcome) -> tuple[Route, RouterRequest]:
+async def admit(ex: Exchange, services: Services, outcome: Outcome) -> tuple[Route, RouterRequest]:
     """Check the request in the real API's order; return its route and what the router needs."""
-    outcome.key = key = await authenticate(request, services.keys)
-    body, payload = await read_json(request, services.config.server.max_body_bytes)
+    outcome.key = key = await authenticate(ex.headers, services.keys)
+    body, payload = await read_json(ex, services.config.server.max_body_bytes)
     if key.log_bodies and services.access_log is not None:
         outcome.request_body, outcome.capture = body, Capture()
-    headers = forwarded_headers(request)
+    headers = forwarded_headers(ex.headers)
     counting = outcome.endpoint == "count_tokens"
     model = payload.get("model") if isinstance(payload, dict) else None
     route = services.table.routes.get(model) if isinstance(model, str) else None
@@ -164,27 +158,35 @@ async def admit(request: web.Request, services: Services, outcome: Outcome) -> t
         outcome.admission = await limit_policy.admit(services.limiter, key, len(body), info.max_tokens,
                                                      model=info.model, rules=services.limit_rules)
     if not counting and services.funds.limited(key):
-        outcome.hold = await services.funds.reserve(request[REQUEST_ID], key, route.ceiling, len(body), info.fetches,
+        outcome.hold = await services.funds.reserve(ex.request_id, key, route.ceiling, len(body), info.fetches,
                                                     info.max_tokens, route.max_input_tokens, info.images)
     return route, RouterRequest(endpoint=outcome.endpoint, body=body, payload=payload, headers=headers,
-                                query=request.query_string, client_model=info.model, stream=outcome.stream)
+                                query=ex.query, client_model=info.model, stream=outcome.stream)
 
 
 async def handle_messages(request: web.Request) -> web.StreamResponse:
-    return await _handle(request, "messages")
+    return await _on_aiohttp(request, "messages")
 
 
 async def handle_count_tokens(request: web.Request) -> web.StreamResponse:
-    return await _handle(request, "count_tokens")
+    return await _on_aiohttp(request, "count_tokens")
 
 
-async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    request_id = request[REQUEST_ID]
+async def _on_aiohttp(request: web.Request, endpoint: str) -> web.StreamResponse:
+    ex = AiohttpExchange(request)
+    await serve(ex, request.app[SERVICES], endpoint)
+    assert ex.response is not None
+    return ex.response
+
+
+async def serve(ex: Exchange, services: Services, endpoint: str) -> None:
+    """Answer one request to ``endpoint`` (``messages`` or ``count_tokens``); a `TollwayError` raised before
+    the answer has begun is for the caller to render."""
+    request_id = ex.request_id
     outcome = Outcome(endpoint=endpoint, started=time.monotonic())
     reply: UpstreamReply | None = None
     try:
-        route, routed = await admit(request, services, outcome)
+        route, routed = await admit(ex, services, outcome)
         outcome.tries = routed.tries
         reply, candidate = await services.router.send(route, routed)
         provider = candidate.provider
@@ -192,7 +194,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         outcome.prices = candidate.target.prices
         outcome.usage, outcome.first_byte_at = reply.usage, reply.first_byte_at
         if reply.chunks is not None:
-            return await _stream(request, services, reply, outcome, request_id)
+            await _stream(ex, services, reply, outcome)
+            return
         outcome.fail(reply.status, reply.upstream_error if reply.status >= 400 else None)
         if outcome.capture is not None:
             outcome.capture.add(reply.body)
@@ -200,7 +203,7 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if outcome.admission is not None:
             headers.update(outcome.admission.headers)
         headers["request-id"] = request_id
-        return web.Response(status=reply.status, body=reply.body, headers=headers)
+        ex.answer(reply.status, headers, reply.body)
     except TollwayError as exc:
         outcome.fail(exc.status, exc.error_type)
         if outcome.admission is not None:
@@ -230,56 +233,54 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
         if outcome.hold is not None:
             await services.funds.settle(outcome.hold, row.cost_nanousd or 0)
         services.ledger.record(row)
-        _observe(request, services, outcome, row)
+        _observe(ex, services, outcome, row)
         if outcome.admission is not None:
             await limit_policy.settle(services.limiter, outcome.admission,
                                       row.input_tokens + row.cache_creation_input_tokens, row.output_tokens)
 
 
-async def _stream(request: web.Request, services: Services, reply: UpstreamReply, outcome: Outcome,
-                  request_id: str) -> web.StreamResponse:
+async def _stream(ex: Exchange, services: Services, reply: UpstreamReply, outcome: Outcome) -> None:
     assert reply.chunks is not None
-    response = web.StreamResponse(status=200, headers={
+    request_id = ex.request_id
+    # From here on the status line is sent: failures can only be told in the stream itself.
+    await ex.open_stream({
         "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
         "request-id": request_id, **{k: v for k, v in reply.headers.items() if k != "content-type"},
         **(outcome.admission.headers if outcome.admission is not None else {}),
     })
-    # From here on the status line is sent: failures can only be told in the stream itself.
-    await response.prepare(request)
-    request[STREAM_STARTED] = True
     outcome.fail(200, None)
     services.open_streams += 1
     capture = outcome.capture
     try:
+        send = ex.send
         if reply.head:
             if capture is not None:
                 capture.add(reply.head)
-            await response.write(reply.head)
+            await send(reply.head)
         if capture is None:
             async for chunk in reply.chunks:
-                await response.write(chunk)
+                await send(chunk)
         else:
             async for chunk in reply.chunks:
                 capture.add(chunk)
-                await response.write(chunk)
+                await send(chunk)
         if reply.upstream_error is not None:
             outcome.fail(200, reply.upstream_error)
     except UpstreamError as exc:
         log.warning("stream %s cut: %s", request_id, exc.message)
         outcome.fail(200, exc.error_type)
         frame = encode_event("error", error_payload(exc.error_type, exc.message, request_id))
-        if not await _write_or_leave(response, frame, outcome):
-            return response
+        if not await _write_or_leave(ex, frame, outcome):
+            return
     except ConnectionResetError:
         outcome.fail(CLIENT_CLOSED, "client_closed")
-        return response
+        return
     finally:
         services.open_streams -= 1
-    await _write_or_leave(response, b"", outcome, eof=True)
-    return response
+    await _write_or_leave(ex, b"", outcome, eof=True)
 
 
-def _observe(request: web.Request, services: Services, outcome: Outcome, row: UsageRecord) -> None:
+def _observe(ex: Exchange, services: Services, outcome: Outcome, row: UsageRecord) -> None:
     """Count the request for ``/metrics`` and write its log line."""
     tries = outcome.tries
     services.stats.record(row, [t.upstream for t in tries] if tries and len(tries) > 1 else ())
@@ -288,19 +289,19 @@ def _observe(request: web.Request, services: Services, outcome: Outcome, row: Us
         return
     capture = outcome.capture
     access_log.write(request_line(
-        row, client=request.remote, user_agent=request.headers.get("user-agent"),
+        row, client=ex.remote, user_agent=ex.headers.get("user-agent"),
         key_name=outcome.key.name if outcome.key else None, tries=len(tries) if tries else 0,
         request_body=outcome.request_body, response_body=None if capture is None else capture.body(),
         response_size=None if capture is None else capture.size))
 
 
-async def _write_or_leave(response: web.StreamResponse, data: bytes, outcome: Outcome, *, eof: bool = False) -> bool:
+async def _write_or_leave(ex: Exchange, data: bytes, outcome: Outcome, *, eof: bool = False) -> bool:
     """Write to a client that may have gone; False (and the row says so) if it has."""
     try:
         if eof:
-            await response.write_eof()
+            await ex.end_stream()
         else:
-            await response.write(data)
+            await ex.send(data)
     except ConnectionResetError:
         outcome.fail(CLIENT_CLOSED, "client_closed")
         return False

@@ -40,7 +40,7 @@ def _limit(raw: str | None) -> int:
 
 async def list_models(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    key = await authenticate(request, services.keys)
+    key = await authenticate(request.headers, services.keys)
     limit = _limit(request.query.get("limit"))
     after, before = request.query.get("after_id"), request.query.get("before_id")
     # Newest first, as Anthropic lists them; the name breaks ties so pages are stable.
@@ -61,7 +61,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    key = await authenticate(request, services.keys)
+    key = await authenticate(request.headers, services.keys)
     model_id = request.match_info["model_id"]
     route = services.table.routes.get(model_id)
     if route is None or not may_use(key, model_id):
