@@ -3,6 +3,8 @@ workers through Redis, a worker that dies started again, and SIGTERM draining ev
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -108,6 +110,49 @@ def test_workers_share_the_port_and_one_key_s_limits_then_drain_on_sigterm(
         ledger = conn.execute("SELECT sum(amount_nanousd) FROM ledger").fetchone()[0]
     assert sorted(r[0] for r in rows) == [200] * 12 + [429] * 6  # every request's row, each once
     assert 0 < ledger < 1_000_000_000  # the prepaid key paid for its six, from one balance
+
+
+def test_workers_drain_and_exit_when_their_parent_is_killed(tmp_path: Path, upstream: Upstream, redis_url: str,
+                                                             redis_prefix: str) -> None:
+    config, db, port = write_config(tmp_path, upstream, (redis_url, redis_prefix), workers=2)
+    key = cli(config, "keys", "create", "--name", "k")
+    proc = subprocess.Popen([*TOLLWAY, "serve", "--config", str(config)], env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    workers: set[int] = set()
+    try:
+        wait_healthy(url, proc)
+        deadline = time.monotonic() + 20
+        while len(workers) < 2:
+            assert time.monotonic() < deadline, f"only workers {workers} answered"
+            workers.add(fresh("GET", f"{url}/healthz").json()["worker"])
+        for _ in range(4):
+            assert fresh("POST", f"{url}/v1/messages", json=BODY, headers={"x-api-key": key}).status_code == 200
+        proc.kill()  # the parent only: nothing passes a SIGTERM on
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while alive := {pid for pid in workers if _running(pid)}:
+            assert time.monotonic() < deadline, f"workers {alive} outlived their parent"
+            time.sleep(0.1)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with sqlite3.connect(db) as conn:  # drained as on a SIGTERM: every request's row written
+        assert conn.execute("SELECT count(*) FROM usage WHERE status = 200").fetchone()[0] == 4
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A worker that has exited but not been reaped (its parent is gone: init reaps it) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def requests_by_worker(text: str) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -166,6 +167,18 @@ async def _serve(config: Config, reuse_port: bool, admin_sock: socket.socket | N
         await runner.cleanup()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with(parent: int) -> None:
+    """Have this worker get SIGTERM when its parent goes (SIGKILLed, or killed for memory): it drains and exits
+    as on any SIGTERM, rather than serving on with no one to restart it, holding a share of the port."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only: elsewhere the worker outlives its parent
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # gone already, before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Workers:
     """Forked processes each listening on the port with SO_REUSEPORT, so the kernel spreads connections over
     them. A worker that dies is started again (at most once a second); SIGTERM or SIGINT is passed to every
@@ -184,6 +197,7 @@ class Workers:
         self._stopping = False
 
     def _spawn(self, index: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
@@ -191,6 +205,7 @@ class Workers:
                 self._held.close()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                _end_with(parent)
                 _run(self._config, reuse_port=True, admin_sock=self._admin_sock,
                      worker=WorkerSlot(index, self._metrics_dir))
             except BaseException:
