@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -34,8 +33,6 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tollway.api.errors import error_parts, failure
-
-log = logging.getLogger("tollway.front")
 
 KEEPALIVE = 75.0
 """Seconds an idle connection is kept (aiohttp's default)."""
@@ -281,6 +278,9 @@ class FrontConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def date(self) -> str:
+        return self._front.date()
+
     def write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("the client has gone")
@@ -349,7 +349,7 @@ class FrontExchange:
 
     def _head(self, status: int, headers: dict[str, str], framing: str) -> bytes:
         lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()),
-                 framing, f"date: {self._conn._front.date()}\r\n"]
+                 framing, f"date: {self._conn.date()}\r\n"]
         if not self._keep_alive:
             lines.append("connection: close\r\n")
         text = "".join(lines)
