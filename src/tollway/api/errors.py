@@ -24,6 +24,8 @@ from tollway.errors import (
     TollwayError,
 )
 
+TOO_LARGE = "Request exceeds the maximum allowed number of bytes."
+"""The 413's message, as Anthropic words it."""
 REQUEST_ID = web.RequestKey("request_id", str)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 log = logging.getLogger("tollway.api")
@@ -79,7 +81,7 @@ def failure(exc: Exception, request_id: str, what: str) -> TollwayError:
 
 def from_http_exception(exc: web.HTTPException) -> TollwayError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return RequestTooLarge("Request exceeds the maximum allowed number of bytes.")
+        return RequestTooLarge(TOO_LARGE)
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
     if isinstance(exc, web.HTTPNotFound):

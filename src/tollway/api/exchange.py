@@ -13,10 +13,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from tollway.api.errors import REQUEST_ID, STREAM_STARTED
+from tollway.api.errors import REQUEST_ID, STREAM_STARTED, TOO_LARGE
 from tollway.errors import RequestTooLarge
-
-TOO_LARGE = "Request exceeds the maximum allowed number of bytes."
 
 
 class Exchange(Protocol):

@@ -48,7 +48,7 @@ def default_config(environ: Mapping[str, str]) -> Config:
         try:
             proxy = proxy_for(DEFAULT_ANTHROPIC_URL, None, environ)
         except ValueError as exc:
-            raise ConfigError(f"the environment's proxy (HTTPS_PROXY and the like): {exc}") from None
+            raise ConfigError(str(exc)) from None
         upstream = UpstreamConfig(name="anthropic", kind="anthropic", base_url=DEFAULT_ANTHROPIC_URL,
                                   api_keys=(key,), proxy=proxy)
     else:
@@ -216,13 +216,10 @@ def _parse_upstream(u: Reader) -> UpstreamConfig:
     t.check_keys({"connect", "first_byte", "idle"})
     proxy = None
     if kind != "mock":
-        setting = u.optional_string("proxy")
         try:
-            proxy = proxy_for(base_url, setting, u.env)
-        except ValueError as exc:
-            # Not the URL itself in the message: it may carry a password.
-            where = "proxy" if setting and setting != "direct" else "the environment's proxy (HTTPS_PROXY and the like)"
-            raise u.fail("proxy", f"{where}: {exc}") from None
+            proxy = proxy_for(base_url, u.optional_string("proxy"), u.env)
+        except ValueError as exc:  # its message never repeats the URL: it may carry a password
+            raise u.fail("proxy", str(exc)) from None
     return UpstreamConfig(
         name=u.string("name"),
         kind=kind,

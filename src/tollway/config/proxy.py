@@ -52,11 +52,11 @@ def parse_proxy(url: str) -> Proxy:
 
 def proxy_for(base_url: str, setting: str | None, environ: Mapping[str, str]) -> Proxy | None:
     """The proxy an upstream at ``base_url`` is reached through: its own ``setting`` (a URL, or ``direct``),
-    else the environment's; None to connect directly."""
+    else the environment's; None to connect directly. ValueError says which of the two is wrong, and how."""
     if setting == "direct":
         return None
     if setting:
-        return parse_proxy(setting)
+        return _parsed(setting, "proxy")
     url = urlsplit(base_url)
 
     def env(name: str) -> str:
@@ -66,7 +66,14 @@ def proxy_for(base_url: str, setting: str | None, environ: Mapping[str, str]) ->
     if not found or _bypassed(url.hostname or "", url.port or (443 if url.scheme == "https" else 80),
                               env("no_proxy")):
         return None
-    return parse_proxy(found)
+    return _parsed(found, "the environment's proxy (HTTPS_PROXY and the like)")
+
+
+def _parsed(url: str, where: str) -> Proxy:
+    try:
+        return parse_proxy(url)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:

@@ -164,9 +164,10 @@ class StreamTap:
         (orjson refuses trailing bytes), or not a dict. A ``"usage":`` inside a string cannot be the match, since
         its quotes would be escaped."""
         at = block.rfind(b'"usage":')
-        end = len(block) - (2 if name == "message_start" else 1)
-        if at < 0 or block[end:] != _USAGE_CLOSE[name]:
+        close = _USAGE_CLOSE[name]
+        if at < 0 or not block.endswith(close):
             return False
+        end = len(block) - len(close)
         try:
             usage = orjson.loads(block[at + 8:end])
         except orjson.JSONDecodeError:
