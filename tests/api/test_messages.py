@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -10,8 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import FIXTURES, Gateway, Upstream
+from tests.conftest import FIXTURES, Gateway, Upstream, gateway_config
 from tests.support.fake_anthropic import USAGE
+from tollway.config import StorageConfig
 
 
 def marker() -> str:
@@ -315,3 +319,33 @@ def test_thinking_signed_by_a_translated_upstream_never_reaches_anthropic(upstre
     assert got["messages"][1]["content"] == [{"type": "text", "text": "answer"}]
     assert got["thinking"] == {"type": "enabled", "budget_tokens": 1024}
 
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_gateway(request: pytest.FixtureRequest, gateway: Gateway, upstream: Upstream) -> Iterator[Gateway]:
+    if request.param == "sqlite":
+        yield gateway
+        return
+    url = request.getfixturevalue("postgres_databases").create_migrated("nul_model")
+    config = dataclasses.replace(gateway_config(upstream.url, Path("unused.db")),
+                                 storage=StorageConfig(url=url, flush_interval=0.05))
+    on_postgres = Gateway(config)
+    try:
+        yield on_postgres
+    finally:
+        on_postgres.server.close()
+
+
+def test_a_model_name_with_a_nul_is_stored_without_it_and_stops_no_later_row(any_store_gateway: Gateway) -> None:
+    gateway = any_store_gateway
+    secret = gateway.create_key("nul")
+    body = {"model": "claude\u0000sonnet", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    refused = httpx.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": secret}, timeout=30)
+    assert refused.status_code == 404 and refused.json()["error"]["type"] == "not_found_error"
+    served = httpx.post(f"{gateway.url}/v1/messages", json={**body, "model": "claude-sonnet-4-6"},
+                        headers={"x-api-key": secret}, timeout=30)
+    assert served.status_code == 200
+    # PostgreSQL refuses NUL in text: the row must reach it without one, or no row after it would.
+    assert gateway.row(refused.headers["request-id"]).model == "claude\ufffdsonnet"
+    assert gateway.row(served.headers["request-id"]).model == "claude-sonnet-4-6"
+    assert not gateway.services.ledger.outage.failing

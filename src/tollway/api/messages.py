@@ -95,8 +95,8 @@ class Outcome:
         now = time.monotonic()
         return UsageRecord(
             request_id=request_id, created_at=datetime.now(UTC), key_id=self.key.id if self.key else None,
-            endpoint=self.endpoint, model=self.model, upstream=self.upstream, upstream_model=self.upstream_model,
-            stream=self.stream, status=self.status, error_type=self.error_type,
+            endpoint=self.endpoint, model=_storable(self.model), upstream=self.upstream,
+            upstream_model=self.upstream_model, stream=self.stream, status=self.status, error_type=self.error_type,
             input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_creation_input_tokens=u.cache_creation_input_tokens,
             cache_read_input_tokens=u.cache_read_input_tokens,
@@ -108,6 +108,15 @@ class Outcome:
                 len(self.tries) > 1 or self.status >= 400) else None,
             cost_nanousd=None if self.prices is None else cost_nanousd(self.prices, u),
         )
+
+
+def _storable(model: str | None) -> str | None:
+    # The model name is the one value of a usage row a client writes. PostgreSQL refuses NUL in text, and a
+    # batch it refuses is kept and tried again: one such name would stop every usage row and ledger entry
+    # after it from being written.
+    if model is None or "\x00" not in model:
+        return model
+    return model.replace("\x00", "\ufffd")
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
