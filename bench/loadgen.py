@@ -1,19 +1,23 @@
 """Closed-loop load generator: `concurrency` workers share one ClientSession and a bounded request count.
 
 Each request is timed twice: to its first body byte (TTFB: the first SSE event of a stream) and to its last.
-`ttfb_rounds` times hops against one base, round by round, to get what each hop adds to the first byte.
+`ttfb_rounds` times hops against one base, round by round, to get what each hop adds to the first byte, on
+`rawclient.RawClient` rather than aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httptools
 import orjson
+from rawclient import RawClient
 
 MODEL = "claude-sonnet-4-6"
 OPENAI_CLIENT_MODEL = "claude-haiku-4-5-20251001"
@@ -198,42 +202,48 @@ class PairedTtfb:
             self.error_samples.append(f"{url}: {status} {data[:200]!r}")
 
 
-async def ttfb_rounds(
-    session: aiohttp.ClientSession, base: Leg, hops: dict[str, tuple[Leg, int]], stream: bool, time_limit: float
+def ttfb_rounds(
+    client: RawClient, base: Leg, hops: dict[str, tuple[Leg, int]], stream: bool, time_limit: float
 ) -> dict[str, PairedTtfb]:
     """At concurrency 1, round i sends the same request to ``base`` and to every hop that has rounds left of its
     quota (``hops``: name -> (leg, rounds)), one after the other. The order turns by one each round and runs
     backwards every other turn, so that every hop follows and precedes each other leg as often: all hops share
     each moment's machine load, with the base and with one another, and their tails can be compared within a
-    run. A failed hop drops its own pair of the round; a failed base drops the round's."""
+    run. A failed hop drops its own pair of the round; a failed base drops the round's.
+
+    Requests go through ``client`` (`RawClient`), blocking: one at a time, timed on the wire."""
     results = {name: PairedTtfb() for name in hops}
     mode = "stream" if stream else "non-stream"
     deadline = time.perf_counter() + time_limit
-    for i in range(max((quota for _, quota in hops.values()), default=0)):
-        if time.perf_counter() > deadline:
-            break
-        legs = [(None, base), *((name, leg) for name, (leg, quota) in hops.items() if i < quota)]
-        turn = i % len(legs)
-        order = legs[turn:] + legs[:turn]
-        if (i // len(legs)) % 2:
-            order.reverse()
-        seen: dict[str | None, int] = {}
-        for name, leg in order:
-            t0 = time.perf_counter_ns()
-            try:
-                status, data, first = await _one(session, leg.url, leg.workload.bodies[mode], leg.headers)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status, data, first = -1, f"{type(exc).__name__}: {exc}".encode(), 0
-            if status != 200 or (stream and leg.workload.stream_end not in data[-200:]):
-                for failed in results.values() if name is None else (results[name],):
-                    failed.failed(leg.url, status, data)
+    # The client's own collections would land in whichever hop's time they fell in.
+    gc.disable()
+    try:
+        for i in range(max((quota for _, quota in hops.values()), default=0)):
+            if time.perf_counter() > deadline:
+                break
+            legs = [(None, base), *((name, leg) for name, (leg, quota) in hops.items() if i < quota)]
+            turn = i % len(legs)
+            order = legs[turn:] + legs[:turn]
+            if (i // len(legs)) % 2:
+                order.reverse()
+            seen: dict[str | None, int] = {}
+            for name, leg in order:
+                try:
+                    status, data, t0, first = client.post(leg.url, leg.workload.bodies[mode], leg.headers)
+                except (OSError, httptools.HttpParserError) as exc:
+                    status, data, t0, first = -1, f"{type(exc).__name__}: {exc}".encode(), 0, 0
+                if status != 200 or (stream and leg.workload.stream_end not in data[-200:]):
+                    for failed in results.values() if name is None else (results[name],):
+                        failed.failed(leg.url, status, data)
+                    continue
+                seen[name] = first - t0
+            base_ns = seen.pop(None, None)
+            if base_ns is None:
                 continue
-            seen[name] = first - t0
-        base_ns = seen.pop(None, None)
-        if base_ns is None:
-            continue
-        for name, ns in seen.items():
-            assert name is not None
-            results[name].base_ns.append(base_ns)
-            results[name].hop_ns.append(ns)
+            for name, ns in seen.items():
+                assert name is not None
+                results[name].base_ns.append(base_ns)
+                results[name].hop_ns.append(ns)
+    finally:
+        gc.enable()
     return results

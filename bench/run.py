@@ -11,6 +11,7 @@ chart, bench/results/latest.png. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import os
 import platform
@@ -64,6 +65,7 @@ from procs import (
     wait_tcp,
     write_tollway_config,
 )
+from rawclient import RawClient
 from report import chart, goals, markdown, metering, ratios, scale_out, translation, versus_litellm
 
 BENCH = Path(__file__).resolve().parent
@@ -359,14 +361,15 @@ async def measure(
                         f"peak {cell['peak_rss_mb']} MB",
                         flush=True,
                     )
-        ttfb = await measure_ttfb(session, ttfb_targets, args)
+        ttfb = await measure_ttfb(ttfb_targets, args)
     return cells, ttfb
 
 
-async def measure_ttfb(session: Any, targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+async def measure_ttfb(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
     """What each hop adds to the first byte of a stream at c=1: round after round, the same request goes to
     `direct` and to every hop, one after the other in a turning order (`ttfb_rounds`), and each hop's time is
-    taken less direct's of the same round. p99 of these differences is the figure; p99 of the hop's TTFB minus
+    taken less direct's of the same round, on a blocking client that reads the clock on the wire
+    (`rawclient`). p99 of these differences is the figure; p99 of the hop's TTFB minus
     p99 of direct's is given too. A hop with a ``share`` below 1 (LiteLLM) takes part in that share of rounds."""
     by_name = {t.name: t for t in targets}
     direct = by_name.get("direct")
@@ -375,10 +378,15 @@ async def measure_ttfb(session: Any, targets: list[Target], args: argparse.Names
     base = Leg(direct.url, direct.headers, direct.workload)
     hops = {name: (Leg(t.url, t.headers, t.workload), max(20, round(args.ttfb_pairs * t.share)))
             for name in TTFB_HOPS if (t := by_name.get(name)) is not None}
-    await ttfb_rounds(session, base, {name: (leg, 50) for name, (leg, _) in hops.items()}, True,
-                      args.cell_timeout)  # warm-up
+    client = RawClient()
+    try:
+        warm_up = {name: (leg, 50) for name, (leg, _) in hops.items()}
+        await asyncio.to_thread(ttfb_rounds, client, base, warm_up, True, args.cell_timeout)
+        rounds = await asyncio.to_thread(ttfb_rounds, client, base, hops, True, args.cell_timeout)
+    finally:
+        client.close()
     found: dict[str, Any] = {}
-    for name, res in (await ttfb_rounds(session, base, hops, True, args.cell_timeout)).items():
+    for name, res in rounds.items():
         added = res.added_ns()
         hop_p99, base_p99 = percentile_ms(res.hop_ns, 0.99), percentile_ms(res.base_ns, 0.99)
         found[name] = {
