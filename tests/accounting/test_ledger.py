@@ -29,9 +29,15 @@ class RecordingStore(SQLStore):
         self.fail = False
         self.gate: asyncio.Event | None = None
         self.writing = asyncio.Event()
+        self.calls = 0
+        self.refuse: set[str] = set()
+        """Request ids whose rows this store refuses, as a database refuses a value it cannot hold."""
 
     async def insert_usage(self, records: Sequence[UsageRecord], entries: Sequence[LedgerEntry] = ()) -> None:
+        self.calls += 1
         self.writing.set()
+        if self.refuse.intersection(r.request_id for r in records):
+            raise ValueError("value out of range")
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
@@ -304,3 +310,88 @@ async def test_close_gives_up_after_its_patience_and_says_what_is_lost(
     assert len(store.batches) == 0 and ledger.pending == 2
     assert caplog.records[-1].getMessage() == ("stopping with 1 usage rows and 1 ledger entries not written "
                                                "(RuntimeError: disk on fire): they are lost")
+
+
+def entry(i: int) -> LedgerEntry:
+    return LedgerEntry(1_000_000 + i, "key_a", "reserve", -10, f"req_{i:04d}", None)
+
+
+async def test_a_request_the_database_refuses_is_held_apart_and_the_rest_is_written(
+        store: RecordingStore, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    for i in range(10):
+        # The real refusal: SQLite cannot hold an integer past 64 bits (an upstream's absurd token count, priced).
+        ledger.record(row(i)._replace(cost_nanousd=2**64) if i == 6 else row(i))
+        ledger.entry(entry(i))
+    await ledger.flush()
+    good = [f"req_{i:04d}" for i in range(10) if i != 6]
+    assert await stored_ids(store) == good
+    balances, _ = await store.balances()
+    assert balances["key_a"] == -90  # the nine written requests' entries, not the held one's
+    assert ledger.pending == 0 and ledger.health()["held_requests"] == 1
+    assert ledger.health()["writing"] is True
+    (said,) = [r for r in caplog.records if "refused by the database" in r.getMessage()]
+    assert "req_0006" in said.getMessage() and said.levelno == logging.ERROR
+    ledger.record(row(10))
+    await ledger.flush()  # the held request fails alone again, and holds nothing else back
+    assert await stored_ids(store) == [*good, "req_0010"]
+    assert ledger.health()["held_requests"] == 1
+
+
+async def test_a_held_request_is_written_once_the_database_takes_it(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    store.refuse = {"req_0002"}
+    for i in range(4):
+        ledger.record(row(i))
+        ledger.entry(entry(i))
+    await ledger.flush()
+    assert await stored_ids(store) == ["req_0000", "req_0001", "req_0003"]
+    assert ledger.health()["held_requests"] == 1
+    store.refuse = set()
+    await ledger.flush()
+    assert await stored_ids(store) == ["req_0000", "req_0001", "req_0002", "req_0003"]
+    assert ledger.health()["held_requests"] == 0
+    balances, _ = await store.balances()
+    assert balances["key_a"] == -40  # its entry went in with its row
+
+
+async def test_a_refused_request_alone_in_its_batch_is_kept_not_held(store: RecordingStore) -> None:
+    # With nothing else in the batch there is no telling a bad row from a database that takes nothing.
+    ledger = UsageLedger(store, flush_interval=3600)
+    store.refuse = {"req_0001"}
+    ledger.record(row(1))
+    await ledger.flush()
+    assert ledger.pending == 1 and ledger.health()["held_requests"] == 0
+    ledger.record(row(2))
+    await ledger.flush()
+    assert await stored_ids(store) == ["req_0002"]
+    assert ledger.pending == 0 and ledger.health()["held_requests"] == 1
+
+
+async def test_a_database_that_takes_nothing_keeps_the_batch_whole_after_a_bounded_search(
+        store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    for i in range(500):
+        ledger.record(row(i))
+    store.fail = True
+    await ledger.flush()
+    assert store.calls == 1 + UsageLedger.SPLIT_TRIES
+    assert ledger.pending == 500 and ledger.health()["held_requests"] == 0
+    store.fail = False
+    await ledger.flush()
+    assert len(await stored_ids(store)) == 500
+
+
+async def test_requests_a_split_did_not_reach_wait_for_the_next_flush(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    # Three tries after the whole batch: 0-3 written, 4-7 refused, 4-5 written; 6-7 not reached.
+    ledger.SPLIT_TRIES = 3
+    store.refuse = {"req_0007"}
+    for i in range(8):
+        ledger.record(row(i))
+    await ledger.flush()
+    assert await stored_ids(store) == [f"req_{i:04d}" for i in range(6)]
+    assert ledger.pending == 2 and ledger.health()["held_requests"] == 0
+    await ledger.flush()
+    assert await stored_ids(store) == [f"req_{i:04d}" for i in range(7)]
+    assert ledger.health()["held_requests"] == 1

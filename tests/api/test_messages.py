@@ -322,22 +322,21 @@ def test_thinking_signed_by_a_translated_upstream_never_reaches_anthropic(upstre
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def any_store_gateway(request: pytest.FixtureRequest, gateway: Gateway, upstream: Upstream) -> Iterator[Gateway]:
-    if request.param == "sqlite":
-        yield gateway
-        return
-    url = request.getfixturevalue("postgres_databases").create_migrated("nul_model")
-    config = dataclasses.replace(gateway_config(upstream.url, Path("unused.db")),
-                                 storage=StorageConfig(url=url, flush_interval=0.05))
-    on_postgres = Gateway(config)
+def own_gateway(request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway of this test's own: what it leaves held in its ledger must not reach other tests."""
+    config = gateway_config(upstream.url, tmp_path / "own.db")
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_databases").create_migrated("own_gateway")
+        config = dataclasses.replace(config, storage=StorageConfig(url=url, flush_interval=0.05))
+    gateway = Gateway(config)
     try:
-        yield on_postgres
+        yield gateway
     finally:
-        on_postgres.server.close()
+        gateway.server.close()
 
 
-def test_a_model_name_with_a_nul_is_stored_without_it_and_stops_no_later_row(any_store_gateway: Gateway) -> None:
-    gateway = any_store_gateway
+def test_a_model_name_with_a_nul_is_stored_without_it_and_stops_no_later_row(own_gateway: Gateway) -> None:
+    gateway = own_gateway
     secret = gateway.create_key("nul")
     body = {"model": "claude\u0000sonnet", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
     refused = httpx.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": secret}, timeout=30)
@@ -349,3 +348,20 @@ def test_a_model_name_with_a_nul_is_stored_without_it_and_stops_no_later_row(any
     assert gateway.row(refused.headers["request-id"]).model == "claude\ufffdsonnet"
     assert gateway.row(served.headers["request-id"]).model == "claude-sonnet-4-6"
     assert not gateway.services.ledger.outage.failing
+
+
+def test_a_usage_row_the_database_cannot_hold_stops_no_other_row(own_gateway: Gateway) -> None:
+    gateway = own_gateway
+    secret = gateway.create_key("absurd")
+    client = gateway.client(secret)
+    body: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 8,
+                            "messages": [{"role": "user", "content": "x"}]}
+    # 10^17 output tokens priced at $15 a million: a cost past the 64-bit column that holds it.
+    absurd = client.messages.with_raw_response.create(**body, extra_headers=scenario("usage:100000000000000000"))
+    assert absurd.parse().usage.output_tokens == 10**17
+    after = [client.messages.with_raw_response.create(**body) for _ in range(3)]
+    stored = {r.request_id for r in gateway.usage()}
+    assert {r.headers["request-id"] for r in after} <= stored
+    assert absurd.headers["request-id"] not in stored
+    health = gateway.services.ledger.health()
+    assert health["held_requests"] == 1 and health["writing"] is True

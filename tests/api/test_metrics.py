@@ -33,6 +33,7 @@ def test_metrics_show_the_store_the_queue_and_each_upstream(gateway: Gateway, se
     after = scrape(gateway)
     assert after["tollway_store_writing"] == 1 and after["tollway_open_streams"] == 0
     assert "tollway_usage_pending_rows" in after and after["tollway_usage_dropped_rows_total"] == 0
+    assert after["tollway_usage_held_requests"] == 0
     ok = "tollway_upstream_tries_total{outcome=success,upstream=fake}"
     assert after[ok] == before[ok] + 1
     assert after["tollway_upstream_resting_seconds{upstream=dead}"] >= 0

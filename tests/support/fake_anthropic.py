@@ -143,6 +143,8 @@ class FakeAnthropic:
                 response = await self._start_stream(request)
                 await asyncio.sleep(60)
                 return response
+            if kind == "usage":  # a non-streamed echo that reports this many output tokens
+                return web.json_response(self._answer(body) | {"usage": USAGE | {"output_tokens": int(arg)}})
             if kind == "slow":
                 return await self._slow(request, body, int(arg) / 1000)
             return await self._echo(request, body)

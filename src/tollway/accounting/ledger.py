@@ -5,6 +5,12 @@
 ``MAX_PENDING``; `close` flushes what is left, so a clean shutdown loses nothing (should the database be away
 then, it keeps trying for ``CLOSE_PATIENCE`` seconds, and says what it could not write).
 
+A batch the database refuses for what is in it rather than for an outage (a value out of a column's range, say,
+from an upstream that reported absurd token counts) must not hold back every row after it. Its halves are
+written apart, and theirs, until the requests the database refuses alone are found; when the rest goes in, those
+are held apart, logged, and tried alone at each flush, so a refusal that was not about them (a table restored
+since) loses nothing. When nothing of the batch goes in, it is kept whole, as for an outage.
+
 What a process killed outright (SIGKILL, a crash) loses is what it holds and has not written: the rows and
 entries recorded since the last write began, that is of the last ``flush_interval`` plus the time that write
 took; while the database is away, everything recorded since it went away (up to ``MAX_PENDING`` rows).
@@ -18,20 +24,30 @@ import logging
 
 from tollway.accounting.refresher import Outage
 from tollway.store import LedgerEntry, SQLStore, UsageRecord
+from tollway.store.engine import unreachable
 
 log = logging.getLogger("tollway.ledger")
+
+Request = tuple[list[UsageRecord], list[LedgerEntry]]
+"""One request's usage rows and ledger entries, which are written together or not at all."""
 
 
 class UsageLedger:
     MAX_PENDING = 200_000
     CLOSE_PATIENCE = 10.0
     """Seconds `close` keeps trying to write what is left while the database is away (a restart takes a few)."""
+    SPLIT_TRIES = 64
+    """Writes one flush may spend finding the requests of a refused batch; what it has not reached waits for the
+    next flush. A database that refuses everything costs this many quick failures a flush, no more."""
+    MAX_HELD = 10_000
 
     def __init__(self, store: SQLStore, flush_interval: float) -> None:
         self._store = store
         self._interval = flush_interval
         self._pending: list[UsageRecord] = []
         self._entries: list[LedgerEntry] = []
+        self._held: list[Request] = []
+        """Requests the database refused alone while it took the rest: tried alone at each flush."""
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -63,7 +79,8 @@ class UsageLedger:
         outage = self.outage
         return {"writing": not outage.failing, "failing_for_s": round(outage.failing_for(), 1),
                 "failed_writes": outage.total, "last_error": outage.last_error, "pending_rows": len(self._pending),
-                "pending_entries": len(self._entries), "dropped_rows": self.dropped}
+                "pending_entries": len(self._entries), "dropped_rows": self.dropped,
+                "held_requests": len(self._held)}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tollway-usage-flush")
@@ -76,12 +93,17 @@ class UsageLedger:
 
     async def flush(self) -> None:
         async with self._lock:
+            await self._retry_held()
             batch, self._pending = self._pending, []
             entries, self._entries = self._entries, []
             if not batch and not entries:
                 return
             try:
-                await self._store.insert_usage(batch, entries)
+                try:
+                    await self._store.insert_usage(batch, entries)
+                except Exception as exc:
+                    if unreachable(exc) or not await self._split(batch, entries):
+                        raise
             except BaseException as exc:
                 # Rows go back in front of the queue; writing them twice is harmless, as inserts skip
                 # request ids already stored, and entries already stored for their request.
@@ -95,6 +117,74 @@ class UsageLedger:
             else:
                 self.outage.ended("usage written to the database (%d rows, %d ledger entries)", len(batch),
                                   len(entries), level=logging.WARNING)
+
+    async def _split(self, batch: list[UsageRecord], entries: list[LedgerEntry]) -> bool:
+        """Write a refused batch in parts, request by request at the finest. False if no part went in (the batch
+        is then kept whole); True once the rest is written, the requests refused alone held apart and those not
+        reached queued again."""
+        by_request: dict[str | None, Request] = {}
+        for row in batch:
+            by_request.setdefault(row.request_id, ([], []))[0].append(row)
+        for entry in entries:
+            by_request.setdefault(entry.request_id, ([], []))[1].append(entry)
+        requests = list(by_request.values())
+        if len(requests) < 2:
+            return False
+        tries, written, refused, untried = self.SPLIT_TRIES, 0, [], []
+
+        async def write(part: list[Request]) -> None:
+            nonlocal tries, written
+            if tries <= 0:
+                untried.extend(part)
+                return
+            tries -= 1
+            try:
+                await self._store.insert_usage([r for rows, _ in part for r in rows], [e for _, es in part for e in es])
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                if len(part) == 1:
+                    refused.append((part[0], exc))
+                    return
+                await write(part[:len(part) // 2])
+                await write(part[len(part) // 2:])
+            else:
+                written += len(part)
+
+        await write(requests[:len(requests) // 2])
+        await write(requests[len(requests) // 2:])
+        if not written:
+            return False
+        for request, exc in refused:
+            self._hold(request, exc)
+        for rows, request_entries in reversed(untried):
+            self._pending[:0] = rows
+            self._entries[:0] = request_entries
+        return True
+
+    def _hold(self, request: Request, exc: Exception) -> None:
+        rows, entries = request
+        what = rows[0].request_id if rows else entries[0].request_id if entries else None
+        if len(self._held) >= self.MAX_HELD:
+            self.dropped += len(rows)
+            log.error("usage of request %s refused by the database (%s: %s) and %d requests held already: "
+                      "dropped (%r, %r)", what, type(exc).__name__, exc, self.MAX_HELD, rows, entries)
+            return
+        self._held.append(request)
+        log.error("usage of request %s refused by the database while the rest of its batch was written (%s: %s): "
+                  "held apart and tried alone at each flush", what, type(exc).__name__, exc)
+
+    async def _retry_held(self) -> None:
+        # Each leaves the list only once written: /healthz, read between two of these writes, counts it still.
+        for request in list(self._held):
+            try:
+                await self._store.insert_usage(*request)
+            except Exception as exc:
+                if unreachable(exc):
+                    return
+                continue
+            self._held.remove(request)
+            log.warning("usage of request %s, held apart, is written", (request[0] or request[1])[0].request_id)
 
     async def close(self) -> None:
         # The loop is asked to stop, never cancelled: a cancelled write would leave its batch neither
@@ -113,3 +203,6 @@ class UsageLedger:
         if self.pending:
             log.error("stopping with %d usage rows and %d ledger entries not written (%s): they are lost",
                       len(self._pending), len(self._entries), self.outage.last_error)
+        for rows, entries in self._held:
+            log.error("stopping with request %s's usage still refused by the database: lost (%r, %r)",
+                      (rows or entries)[0].request_id, rows, entries)

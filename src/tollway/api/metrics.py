@@ -42,6 +42,9 @@ def collect(s: Services) -> Iterator[Metric]:
                             value=float(str(store["pending_entries"])))
     yield CounterMetricFamily("tollway_usage_dropped_rows", "Usage rows dropped because the queue was full.",
                               value=s.ledger.dropped)
+    yield GaugeMetricFamily("tollway_usage_held_requests",
+                            "Requests whose usage the database refused alone, held apart and tried at each flush.",
+                            value=float(str(store["held_requests"])))
     shared = getattr(s.limiter, "is_shared", None)
     if shared is not None:
         yield GaugeMetricFamily("tollway_limits_shared",
