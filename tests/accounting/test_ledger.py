@@ -395,3 +395,20 @@ async def test_requests_a_split_did_not_reach_wait_for_the_next_flush(store: Rec
     await ledger.flush()
     assert await stored_ids(store) == [f"req_{i:04d}" for i in range(7)]
     assert ledger.health()["held_requests"] == 1
+
+
+async def test_held_requests_are_tried_a_few_at_a_flush_in_turn(store: RecordingStore) -> None:
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.HELD_TRIES = 2
+    store.refuse = {"req_0001", "req_0002", "req_0003"}
+    for i in range(1, 5):
+        ledger.record(row(i))
+    await ledger.flush()
+    assert ledger.health()["held_requests"] == 3
+    store.refuse = {"req_0001", "req_0002"}  # req_0003 would go in now, once its turn comes
+    store.calls = 0
+    await ledger.flush()  # nothing queued: only the held, two of them, both still refused
+    assert store.calls == 2 and ledger.health()["held_requests"] == 3
+    await ledger.flush()  # req_0003's turn
+    assert ledger.health()["held_requests"] == 2
+    assert await stored_ids(store) == ["req_0003", "req_0004"]

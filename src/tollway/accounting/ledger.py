@@ -8,8 +8,9 @@ then, it keeps trying for ``CLOSE_PATIENCE`` seconds, and says what it could not
 A batch the database refuses for what is in it rather than for an outage (a value out of a column's range, say,
 from an upstream that reported absurd token counts) must not hold back every row after it. Its halves are
 written apart, and theirs, until the requests the database refuses alone are found; when the rest goes in, those
-are held apart, logged, and tried alone at each flush, so a refusal that was not about them (a table restored
-since) loses nothing. When nothing of the batch goes in, it is kept whole, as for an outage.
+are held apart, logged, and tried alone again (a few at each flush, in turn), so a refusal that was not about
+them (a table restored since) loses nothing. When nothing of the batch goes in, it is kept whole, as for an
+outage.
 
 What a process killed outright (SIGKILL, a crash) loses is what it holds and has not written: the rows and
 entries recorded since the last write began, that is of the last ``flush_interval`` plus the time that write
@@ -40,6 +41,8 @@ class UsageLedger:
     """Writes one flush may spend finding the requests of a refused batch; what it has not reached waits for the
     next flush. A database that refuses everything costs this many quick failures a flush, no more."""
     MAX_HELD = 10_000
+    HELD_TRIES = 16
+    """Held requests tried at each flush, the longest waiting first: each is a write of its own."""
 
     def __init__(self, store: SQLStore, flush_interval: float) -> None:
         self._store = store
@@ -47,7 +50,7 @@ class UsageLedger:
         self._pending: list[UsageRecord] = []
         self._entries: list[LedgerEntry] = []
         self._held: list[Request] = []
-        """Requests the database refused alone while it took the rest: tried alone at each flush."""
+        """Requests the database refused alone while it took the rest: tried alone again, a few at each flush."""
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -172,16 +175,18 @@ class UsageLedger:
             return
         self._held.append(request)
         log.error("usage of request %s refused by the database while the rest of its batch was written (%s: %s): "
-                  "held apart and tried alone at each flush", what, type(exc).__name__, exc)
+                  "held apart and tried alone again at the next flushes", what, type(exc).__name__, exc)
 
     async def _retry_held(self) -> None:
         # Each leaves the list only once written: /healthz, read between two of these writes, counts it still.
-        for request in list(self._held):
+        for request in self._held[:self.HELD_TRIES]:
             try:
                 await self._store.insert_usage(*request)
             except Exception as exc:
                 if unreachable(exc):
                     return
+                self._held.remove(request)
+                self._held.append(request)  # to the back: the others get their turn at the next flushes
                 continue
             self._held.remove(request)
             log.warning("usage of request %s, held apart, is written", (request[0] or request[1])[0].request_id)
