@@ -36,6 +36,7 @@ from loadgen import (
     OPENAI_UPSTREAM_MODEL,
     Leg,
     LoadResult,
+    PairedTtfb,
     Workload,
     client_headers,
     new_session,
@@ -369,12 +370,12 @@ async def measure(
 async def settle(servers: list[Server], busy: float = 0.02, window: float = 0.5, patience: float = 60.0) -> None:
     """Wait until no server uses more than ``busy`` of a core over ``window`` seconds, for ``patience`` at most:
     after LiteLLM's c=256 cells, its own work went on into what came next."""
-    pids = sorted({s.pid for s in servers})
+    unique = {s.pid: s for s in servers}
     started = time.monotonic()
     while True:
-        before = {pid: cpu_sample(pid)[1] for pid in pids}
+        before = {pid: cpu_of(s) for pid, s in unique.items()}
         await asyncio.sleep(window)
-        used = {pid: (cpu_sample(pid)[1] - before[pid]) / (window * 1e9) for pid in pids}
+        used = {pid: (cpu_of(s) - before[pid]).ns / (window * 1e9) for pid, s in unique.items()}
         waited = time.monotonic() - started
         if max(used.values(), default=0.0) <= busy:
             print(f"  servers quiet after {waited:.1f} s", flush=True)
@@ -400,7 +401,7 @@ async def measure_ttfb(targets: list[Target], args: argparse.Namespace) -> dict[
     hops = {name: (Leg(t.url, t.headers, t.workload), max(20, round(args.ttfb_pairs * t.share)))
             for name in TTFB_HOPS if (t := by_name.get(name)) is not None}
     slow = {name for name in hops if by_name[name].share < 1}
-    rounds = {}
+    rounds: dict[str, PairedTtfb] = {}
     client = RawClient()
     try:
         for block in ({n: h for n, h in hops.items() if n not in slow}, {n: h for n, h in hops.items() if n in slow}):

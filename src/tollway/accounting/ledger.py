@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 
 from tollway.accounting.refresher import Outage
@@ -49,8 +50,9 @@ class UsageLedger:
         self._interval = flush_interval
         self._pending: list[UsageRecord] = []
         self._entries: list[LedgerEntry] = []
-        self._held: list[Request] = []
-        """Requests the database refused alone while it took the rest: tried alone again, a few at each flush."""
+        self._held: dict[str | None, Request] = {}
+        """Requests (by id) the database refused alone while it took the rest: tried alone again, a few at each
+        flush, the longest waiting first."""
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -130,24 +132,27 @@ class UsageLedger:
             by_request.setdefault(row.request_id, ([], []))[0].append(row)
         for entry in entries:
             by_request.setdefault(entry.request_id, ([], []))[1].append(entry)
-        requests = list(by_request.values())
+        requests = list(by_request.items())
         if len(requests) < 2:
             return False
-        tries, written, refused, untried = self.SPLIT_TRIES, 0, [], []
+        tries, written = self.SPLIT_TRIES, 0
+        refused: list[tuple[str | None, Request, Exception]] = []
+        untried: list[Request] = []
 
-        async def write(part: list[Request]) -> None:
+        async def write(part: list[tuple[str | None, Request]]) -> None:
             nonlocal tries, written
             if tries <= 0:
-                untried.extend(part)
+                untried.extend(request for _, request in part)
                 return
             tries -= 1
             try:
-                await self._store.insert_usage([r for rows, _ in part for r in rows], [e for _, es in part for e in es])
+                await self._store.insert_usage([r for _, (rows, _) in part for r in rows],
+                                               [e for _, (_, es) in part for e in es])
             except Exception as exc:
                 if unreachable(exc):
                     raise
                 if len(part) == 1:
-                    refused.append((part[0], exc))
+                    refused.append((*part[0], exc))
                     return
                 await write(part[:len(part) // 2])
                 await write(part[len(part) // 2:])
@@ -158,38 +163,36 @@ class UsageLedger:
         await write(requests[len(requests) // 2:])
         if not written:
             return False
-        for request, exc in refused:
-            self._hold(request, exc)
+        for request_id, request, exc in refused:
+            self._hold(request_id, request, exc)
         for rows, request_entries in reversed(untried):
             self._pending[:0] = rows
             self._entries[:0] = request_entries
         return True
 
-    def _hold(self, request: Request, exc: Exception) -> None:
+    def _hold(self, request_id: str | None, request: Request, exc: Exception) -> None:
         rows, entries = request
-        what = rows[0].request_id if rows else entries[0].request_id if entries else None
         if len(self._held) >= self.MAX_HELD:
             self.dropped += len(rows)
             log.error("usage of request %s refused by the database (%s: %s) and %d requests held already: "
-                      "dropped (%r, %r)", what, type(exc).__name__, exc, self.MAX_HELD, rows, entries)
+                      "dropped (%r, %r)", request_id, type(exc).__name__, exc, self.MAX_HELD, rows, entries)
             return
-        self._held.append(request)
+        self._held[request_id] = request
         log.error("usage of request %s refused by the database while the rest of its batch was written (%s: %s): "
-                  "held apart and tried alone again at the next flushes", what, type(exc).__name__, exc)
+                  "held apart and tried alone again at the next flushes", request_id, type(exc).__name__, exc)
 
     async def _retry_held(self) -> None:
-        # Each leaves the list only once written: /healthz, read between two of these writes, counts it still.
-        for request in self._held[:self.HELD_TRIES]:
+        # Each leaves only once written: /healthz, read between two of these writes, counts it still.
+        for request_id, request in list(itertools.islice(self._held.items(), self.HELD_TRIES)):
             try:
                 await self._store.insert_usage(*request)
             except Exception as exc:
                 if unreachable(exc):
                     return
-                self._held.remove(request)
-                self._held.append(request)  # to the back: the others get their turn at the next flushes
+                self._held[request_id] = self._held.pop(request_id)  # to the back: the others' turn comes next
                 continue
-            self._held.remove(request)
-            log.warning("usage of request %s, held apart, is written", (request[0] or request[1])[0].request_id)
+            del self._held[request_id]
+            log.warning("usage of request %s, held apart, is written", request_id)
 
     async def close(self) -> None:
         # The loop is asked to stop, never cancelled: a cancelled write would leave its batch neither
@@ -208,6 +211,6 @@ class UsageLedger:
         if self.pending:
             log.error("stopping with %d usage rows and %d ledger entries not written (%s): they are lost",
                       len(self._pending), len(self._entries), self.outage.last_error)
-        for rows, entries in self._held:
+        for request_id, (rows, entries) in self._held.items():
             log.error("stopping with request %s's usage still refused by the database: lost (%r, %r)",
-                      (rows or entries)[0].request_id, rows, entries)
+                      request_id, rows, entries)
