@@ -3,6 +3,8 @@ database being out of reach (`StoreUnavailable`, an Anthropic-shaped 529 the SDK
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -14,6 +16,10 @@ POSTGRES_PREFIXES = ("postgresql://", "postgres://")  # in tollway.config's STOR
 CONNECT_TIMEOUT = 5.0
 """Seconds a new PostgreSQL connection may take (asyncpg's own default is 60): bounds how long anything waits
 on a database that does not answer."""
+
+_SQLITE_OUT_OF_REACH = frozenset({5, 6, 7, 8, 10, 13, 14})
+"""SQLite's primary result codes for a database that cannot be written now, rather than one that refused what
+was written: BUSY and LOCKED (another writer held on past the timeout), NOMEM, READONLY, IOERR, FULL, CANTOPEN."""
 
 
 class StoreUnavailable(Overloaded):
@@ -40,6 +46,9 @@ def unreachable(error: BaseException) -> bool:
         if isinstance(current, (StoreUnavailable, *lost)):
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        code = getattr(current, "sqlite_errorcode", 0) if isinstance(current, sqlite3.Error) else 0
+        if code & 0xFF in _SQLITE_OUT_OF_REACH:
             return True
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) and id(orig) not in seen else current.__cause__
