@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -133,6 +133,13 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal_group(self, sig: signal.Signals) -> None:
+        """``sig`` to the server and its workers (the group start_new_session made)."""
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
@@ -226,6 +233,28 @@ def cpu_sample(root: int) -> tuple[int, int]:
             ticks += int(fields[11]) + int(fields[12])
             ns += _sched_ns(pid)
     return ticks, ns
+
+
+@contextlib.contextmanager
+def paused(servers: Sequence[Server]) -> Iterator[None]:
+    """``servers`` stopped (SIGSTOP) for the block, and resumed after: an idle server's own timers (LiteLLM's
+    background tasks, a second Tollway's refreshes) then cannot land in what is being measured."""
+    for server in servers:
+        server.signal_group(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.signal_group(signal.SIGCONT)
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """(all, busy, steal) clock ticks of the machine's CPUs so far, from /proc/stat: busy is neither idle, nor
+    waiting on I/O, nor stolen; steal is time the hypervisor gave this machine's CPUs to someone else."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return sum(fields), user + nice + system + irq + softirq, steal
 
 
 def raise_nofile(wanted: int = 65536) -> int:

@@ -56,7 +56,9 @@ from procs import (
     free_port,
     git_commit,
     git_dirty,
+    machine_ticks,
     memory_kb,
+    paused,
     raise_interrupt,
     raise_nofile,
     reset_peak,
@@ -402,14 +404,28 @@ async def measure_ttfb(targets: list[Target], args: argparse.Namespace) -> dict[
             for name in TTFB_HOPS if (t := by_name.get(name)) is not None}
     slow = {name for name in hops if by_name[name].share < 1}
     rounds: dict[str, PairedTtfb] = {}
+    conditions: dict[str, dict[str, Any]] = {}
     client = RawClient()
     try:
         for block in ({n: h for n, h in hops.items() if n not in slow}, {n: h for n, h in hops.items() if n in slow}):
             if not block:
                 continue
-            warm_up = {name: (leg, 50) for name, (leg, _) in block.items()}
-            await asyncio.to_thread(ttfb_rounds, client, base, warm_up, True, args.cell_timeout)
-            rounds.update(await asyncio.to_thread(ttfb_rounds, client, base, block, True, args.cell_timeout))
+            needed = {id(direct.process)} | {id(by_name[name].process) for name in block}
+            idle = list({id(t.process): t.process for t in targets if id(t.process) not in needed}.values())
+            with paused(idle):
+                warm_up = {name: (leg, 50) for name, (leg, _) in block.items()}
+                await asyncio.to_thread(ttfb_rounds, client, base, warm_up, True, args.cell_timeout)
+                before, started = machine_ticks(), time.monotonic()
+                rounds.update(await asyncio.to_thread(ttfb_rounds, client, base, block, True, args.cell_timeout))
+                after = machine_ticks()
+            total, busy, steal = (b - a for a, b in zip(before, after, strict=True))
+            names = sorted(s.name for s in idle)
+            seen: dict[str, Any] = {"seconds": round(time.monotonic() - started, 1), "paused": names,
+                    "machine_busy_pct": round(100 * busy / max(total, 1), 1),
+                    "steal_pct": round(100 * steal / max(total, 1), 2)}
+            print(f"  ttfb rounds of {', '.join(block)}: {seen['seconds']} s, machine busy {seen['machine_busy_pct']}%"
+                  f", steal {seen['steal_pct']}%, paused {', '.join(names) or 'none'}", flush=True)
+            conditions.update(dict.fromkeys(block, seen))
     finally:
         client.close()
     found: dict[str, Any] = {}
@@ -428,6 +444,7 @@ async def measure_ttfb(targets: list[Target], args: argparse.Namespace) -> dict[
             "direct_ttfb_p99_ms": _ms(base_p99),
             "p99_minus_direct_p99_ms": _ms(hop_p99 - base_p99 if hop_p99 is not None and base_p99 is not None
                                            else None),
+            "rounds_conditions": conditions.get(name),
             "error_samples": res.error_samples,
         }
         row = found[name]
