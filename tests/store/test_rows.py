@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from tollway.store import LedgerEntry, SQLStore, UsageRecord
-from tollway.store.rows import SQLITE_ROWS_PER_STATEMENT, sqlite_chunks
-
-SIZES = {SQLITE_ROWS_PER_STATEMENT >> i for i in range(11)}
+from tollway.store.rows import sqlite_chunks
 
 
-def test_batches_of_every_size_are_cut_into_statements_of_eleven_sizes_at_most() -> None:
+@pytest.mark.parametrize("largest", [8, 32, 1024])
+def test_batches_of_every_size_are_cut_into_statements_of_a_few_sizes(largest: int) -> None:
+    sizes = {largest >> i for i in range(largest.bit_length())}
     seen: set[int] = set()
-    for count in range(3 * SQLITE_ROWS_PER_STATEMENT + 7):
-        chunks = sqlite_chunks(count)
+    for count in range(3 * largest + 7):
+        chunks = sqlite_chunks(count, largest)
         covered = [i for start, size in chunks for i in range(start, start + size)]
         assert covered == list(range(count))  # every row once, in order
-        assert len(chunks) <= count // SQLITE_ROWS_PER_STATEMENT + 10
+        assert len(chunks) <= count // largest + len(sizes) - 1
         seen.update(size for _, size in chunks)
-    assert seen == SIZES  # so sqlite3's statement cache holds eleven statements per table, not one per batch
+    assert seen == sizes  # so sqlite3's statement cache holds a few statements per table, not one per batch
 
 
 async def test_a_batch_cut_into_statements_stores_every_row_once(store: SQLStore) -> None:

@@ -13,14 +13,12 @@ from sqlalchemy.types import String
 from tollway.store import schema
 from tollway.store.records import AccountRecord, Budget, KeyRecord, LedgerEntry
 
-SQLITE_ROWS_PER_STATEMENT = 1024
 
-
-def sqlite_chunks(count: int, largest: int = SQLITE_ROWS_PER_STATEMENT) -> list[tuple[int, int]]:
+def sqlite_chunks(count: int, largest: int) -> list[tuple[int, int]]:
     """(start, size) of the statements that insert ``count`` rows: full chunks of ``largest`` (a power of two)
     rows, then the rest as powers of two. The sizes come from a small set, so the statements do too: sqlite3
-    keeps each compiled statement it has run (128 per connection), and a statement of a thousand rows holds
-    about a megabyte, so one statement per batch size grew the process by hundreds of megabytes under load."""
+    keeps each compiled statement it has run (128 per connection), and a statement of a thousand rows held about
+    a megabyte, so one statement per batch size grew the process by hundreds of megabytes under load."""
     chunks, start = [], 0
     size = largest
     while start < count:

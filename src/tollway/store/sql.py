@@ -78,7 +78,6 @@ def _refuse_unknown(revision: str | None) -> None:
             "migrated it, or a newer one")
 
 
-# SQLite allows 32,766 bound values per statement; rows have 18.
 class SQLStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
