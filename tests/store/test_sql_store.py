@@ -276,3 +276,17 @@ async def test_taking_money_back_does_not_make_an_owner_prepaid(store: SQLStore)
     assert await store.topup("key_p", 10) == 5
     found = await store.key("key_p")
     assert found is not None and found.budget.prepaid
+
+
+async def test_the_top_ups_after_an_entry_are_read_through_an_index(store: SQLStore) -> None:
+    # Every replica reads them at each refresh. Through the primary key alone that read went over every request
+    # entry since the last top-up (two a request), for as long as no top-up came: 62 ms a read at a million.
+    query = "SELECT id FROM ledger WHERE kind IN ('topup') AND id > 5 ORDER BY id"
+    async with store.engine.connect() as conn:
+        if store.dialect == "sqlite":
+            plan = [str(row[-1]) for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}")]
+        else:
+            # An empty table is cheapest to read whole: the question is which index is there to take.
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = [str(row[0]) for row in await conn.exec_driver_sql(f"EXPLAIN {query}")]
+    assert any("ix_ledger_kind_id" in line for line in plan), plan

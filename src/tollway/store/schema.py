@@ -72,6 +72,9 @@ ledger = Table(
     Column("request_id", String(64), nullable=True),
     Column("note", Text, nullable=True),
     Index("ix_ledger_owner", "owner"),
+    # The top-ups after a given entry, read by every replica at each refresh: without it, a scan of every
+    # entry since the last top-up (migration 0007).
+    Index("ix_ledger_kind_id", "kind", "id"),
 )
 # One reserve and one closing entry (settle or release) per request and owner: a batch written again after an
 # unclear failure cannot count twice, and a request released at a start while the process that made it still

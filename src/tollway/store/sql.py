@@ -48,7 +48,7 @@ __all__ = ["CONNECT_TIMEOUT", "POSTGRES_PREFIXES", "SQLITE_PREFIX", "SQLStore", 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Every revision in migrations/versions, oldest first (a test holds this to alembic's own list): the schema
 # check at start reads it without loading alembic, which is slow to import.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 KEY_SETTINGS = frozenset({"rpm", "itpm", "otpm", "max_concurrency", "models", "log_bodies"})
 HEAD_REVISION = REVISIONS[-1]
 SUMMARY_GROUPS = ("key", "model", "upstream", "day")
