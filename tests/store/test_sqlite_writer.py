@@ -103,6 +103,30 @@ async def test_a_cancelled_batch_leaves_nothing_and_the_next_goes_in(db: tuple[S
     assert count(path, "usage") == 10 and count(path, "ledger") == 10
 
 
+async def test_a_write_cancelled_while_waiting_for_the_lock_lets_it_go_once_taken(
+        db: tuple[SQLStore, Path]) -> None:
+    store, path = db
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(store.insert_usage(rows(10), entries(10)))
+    await asyncio.sleep(0.2)  # the writer's thread is in BEGIN, waiting for the lock
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    other.execute("COMMIT")  # the writer's BEGIN takes the lock now...
+    other.close()
+    writer = store._usage_writer
+    assert writer is not None
+    # ...and once its thread has done what was queued on it, lets it go, without a next write to do it (a flush
+    # with nothing to write takes none).
+    await asyncio.get_running_loop().run_in_executor(writer._thread, lambda: None)
+    third = sqlite3.connect(path, timeout=0, isolation_level=None)
+    third.execute("BEGIN IMMEDIATE")
+    third.execute("ROLLBACK")
+    third.close()
+    assert count(path, "usage") == 0
+
+
 async def test_another_writer_holding_the_lock_is_waited_for(db: tuple[SQLStore, Path]) -> None:
     store, path = db
     other = sqlite3.connect(path, isolation_level=None)

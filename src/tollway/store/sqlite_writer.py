@@ -15,6 +15,7 @@ One connection of its own, one batch at a time; the engine's connections go on s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -49,8 +50,8 @@ class SQLiteUsageWriter:
         if not records and not entries:
             return
         async with self._lock:
-            conn = await self._run(self._begin)
             try:
+                conn = await self._run(self._begin)
                 for start, size in sqlite_chunks(len(records), USAGE_SLICE_ROWS):
                     params = tuple(v for r in records[start:start + size]
                                    for v in (r[0], sqlite_time(r.created_at), *r[2:]))
@@ -62,11 +63,13 @@ class SQLiteUsageWriter:
                     await asyncio.sleep(0)
                 await self._run(conn.commit)
             except BaseException as exc:
-                # So that the write lock is let go at once. A cancelled write does not wait for it: the next
-                # write's BEGIN is queued after it anyway.
-                rolled_back = self._thread.submit(self._rollback, conn)
+                # So that the write lock is let go at once, wherever the write stopped: a write cancelled while
+                # the thread was taking the lock has it once the thread is done, and this runs after that. A
+                # cancelled write does not wait for it: the next write's BEGIN is queued after it anyway.
+                rolled_back = self._thread.submit(self._rollback)
                 if not isinstance(exc, asyncio.CancelledError):
-                    await asyncio.wrap_future(rolled_back)
+                    with contextlib.suppress(sqlite3.Error):  # the write's own error is the one to tell
+                        await asyncio.wrap_future(rolled_back)
                 if isinstance(exc, sqlite3.Error) and unreachable(exc):
                     raise StoreUnavailable(exc) from exc
                 raise
@@ -88,16 +91,13 @@ class SQLiteUsageWriter:
             # isolation_level None: transactions are this writer's own BEGIN and COMMIT.
             self._conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                          check_same_thread=False)
-        # Left open by a write cancelled while this thread was taking the lock for it.
-        self._rollback(self._conn)
         # IMMEDIATE: the write lock is taken here, on this thread, not by the first insert on the loop.
         self._conn.execute("BEGIN IMMEDIATE")
         return self._conn
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            conn.rollback()
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.rollback()
 
     def _close(self) -> None:
         if self._conn is not None:
