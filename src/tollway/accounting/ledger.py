@@ -196,7 +196,7 @@ class UsageLedger:
 
     async def close(self) -> None:
         # The loop is asked to stop, never cancelled: a cancelled write would leave its batch neither
-        # written nor queued, and its connection still holding SQLite's write lock.
+        # written nor queued.
         self._stopping.set()
         if self._task is not None:
             await self._task

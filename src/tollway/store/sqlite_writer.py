@@ -79,12 +79,7 @@ class SQLiteUsageWriter:
         self._thread.shutdown(wait=False)
 
     async def _run(self, call: Callable[[], T]) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-        except sqlite3.Error as exc:
-            if unreachable(exc):
-                raise StoreUnavailable(exc) from exc
-            raise
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     def _begin(self) -> sqlite3.Connection:
         if self._conn is None:
