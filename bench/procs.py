@@ -134,7 +134,8 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def signal_group(self, sig: signal.Signals) -> None:
-        """``sig`` to the server and its workers (the group start_new_session made)."""
+        """``sig`` to the server and its workers: the group is the one start_new_session made for this child, so
+        this reaches only them."""
         if self.alive():
             assert self.proc is not None
             with contextlib.suppress(ProcessLookupError):
@@ -144,10 +145,8 @@ class Server:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        # The group is the one start_new_session made for this child, so this reaches only its workers.
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
+            self.signal_group(sig)
             try:
                 proc.wait(timeout=wait)
                 return
